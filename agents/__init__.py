@@ -1,0 +1,1 @@
+"""Reinforcement-learning agents, baseline schedulers and GreedyLR distillation (``lrrl.agents``)."""

@@ -1,0 +1,1 @@
+"""Hydra configuration tree of lrrl (a package so that configs install with it)."""

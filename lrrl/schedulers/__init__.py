@@ -1,0 +1,1 @@
+"""Drop-in PyTorch learning-rate schedulers."""
