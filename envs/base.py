@@ -1,0 +1,121 @@
+"""What every lrrl environment shares: the learning-rate action, the info contract, divergence.
+
+An lrrl environment wraps a real training run. Each ``step`` applies one learning rate for
+``steps_per_action`` inner optimisation steps and reports, in ``info``:
+
+========== =====================================================================
+key        meaning
+========== =====================================================================
+lr         the learning rate actually applied (after any clipping)
+lr_bound   the stability bound the learning rate was clipped to (``inf``: none)
+loss       the objective after the step (NMF: training loss; DNN: validation loss)
+clipped    whether the requested learning rate exceeded ``bound_scale * lr_bound``
+diverged   whether the run blew up (non-finite or exploding loss)
+instance   the name of the problem instance being solved
+========== =====================================================================
+
+A blow-up never raises: the episode ends with ``terminated=True`` (not ``truncated``, so an
+agent does not bootstrap past it), ``info["diverged"] = True`` and a penalty reward.
+
+Controllers that think in learning rates rather than actions (the baseline schedulers) call
+:meth:`LRControlEnv.action_for_lr`, which returns the action that requests a given learning
+rate under the env's current action mapping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+INFO_KEYS = ("lr", "lr_bound", "loss", "clipped", "diverged", "instance")
+
+
+class LRControlEnv(gym.Env):
+    """Base class of the lrrl environments: a training run whose learning rate is the action.
+
+    Subclasses implement the training problem; this class holds what the harness, the
+    baselines and the exporters rely on across environments.
+    """
+
+    metadata = {"render_modes": []}
+
+    #: Inner optimisation steps per decision.
+    steps_per_action: int
+    #: Decisions per episode (the registration's ``max_episode_steps`` is set to the same value).
+    horizon: int
+
+    def instances(self, split: str) -> list[Any]:
+        """The problem instances of a split (``"train"``, ``"test"``, ...), in a fixed order."""
+        raise NotImplementedError
+
+    def action_for_lr(self, lr: float) -> np.ndarray:
+        """The action that requests learning rate ``lr`` under the current action mapping.
+
+        Learning rates outside what the action range can express are saturated to its ends;
+        the env's own clipping to the stability bound then applies as for any action.
+        """
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        """The constructor keyword arguments, JSON-serialisable, enough to rebuild the env."""
+        raise NotImplementedError
+
+
+def require(condition: bool, key: str, value: Any, accepted: str) -> None:
+    """Raise a one-line ``ValueError`` naming a bad option, its value and what is accepted."""
+    if not condition:
+        raise ValueError(f"{key}={value!r} is invalid: expected {accepted}")
+
+
+def check_options(name: str, given: dict[str, Any], accepted: Sequence[str]) -> None:
+    """Reject unknown keyword arguments with the list of accepted ones."""
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"unknown {name} option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(accepted))}"
+        )
+
+
+def as_int(key: str, value: Any, low: int | None = None) -> int:
+    """Coerce an integer option (configs may hand us floats like ``8.0``), checking its range."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if isinstance(value, float) and value.is_integer():
+        ok, value = True, int(value)
+    require(ok, key, value, "an integer" + (f" >= {low}" if low is not None else ""))
+    if low is not None:
+        require(int(value) >= low, key, value, f"an integer >= {low}")
+    return int(value)
+
+
+def as_float(
+    key: str, value: Any, low: float | None = None, high: float | None = None, strict: bool = False
+) -> float:
+    """Coerce a finite float option, checking ``low <= value <= high`` (``<`` if ``strict``)."""
+    ok = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if strict else '>='} {low}")
+    if high is not None:
+        bounds.append(f"<= {high}")
+    accepted = "a finite number" + (f" {' and '.join(bounds)}" if bounds else "")
+    require(ok and math.isfinite(float(value)), key, value, accepted)
+    value = float(value)
+    if low is not None:
+        require(value > low if strict else value >= low, key, value, accepted)
+    if high is not None:
+        require(value <= high, key, value, accepted)
+    return value
+
+
+def log_ratio_reward(loss_prev: float, loss: float) -> float:
+    """``log(loss_prev / loss)``: the episode return telescopes to ``log(loss_0 / loss_T)``."""
+    return math.log(loss_prev) - math.log(loss)
+
+
+def is_diverged(loss: float, loss0: float, max_loss_ratio: float) -> bool:
+    """Non-finite loss, or a loss grown beyond ``max_loss_ratio`` times the initial one."""
+    return not math.isfinite(loss) or loss > max_loss_ratio * loss0
