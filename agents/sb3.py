@@ -1,0 +1,100 @@
+"""Reinforcement-learning agents from stable-baselines3 (and sb3-contrib where installed)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from stable_baselines3 import A2C, PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+
+
+def _recurrent_ppo() -> type[BaseAlgorithm]:
+    try:
+        from sb3_contrib import RecurrentPPO
+    except ImportError as err:  # optional dependency
+        raise ValueError(
+            "agent algo='recurrent_ppo' needs sb3-contrib: pip install 'lrrl[contrib]'"
+        ) from err
+    return RecurrentPPO
+
+
+#: ``algo`` names accepted in ``conf/agent/*.yaml``; values build the algorithm class.
+ALGOS: dict[str, Any] = {
+    "ppo": lambda: PPO,
+    "a2c": lambda: A2C,
+    "sac": lambda: SAC,
+    "recurrent_ppo": _recurrent_ppo,
+}
+DEFAULT_POLICY = {"recurrent_ppo": "MlpLstmPolicy"}
+
+
+def algo_class(algo: str) -> type[BaseAlgorithm]:
+    """The SB3 class behind an ``algo`` name, with a clear error for unknown names."""
+    if algo not in ALGOS:
+        raise ValueError(f"agent.algo={algo!r} is invalid: expected one of {sorted(ALGOS)}")
+    return ALGOS[algo]()
+
+
+def check_hyperparams(algo: str, hyperparams: dict[str, Any]) -> None:
+    """Reject constructor arguments the algorithm does not take, before any work starts."""
+    accepted = set(inspect.signature(algo_class(algo).__init__).parameters) - {
+        "self",
+        "env",
+        "policy",
+    }
+    unknown = sorted(set(hyperparams) - accepted)
+    if unknown:
+        raise ValueError(
+            f"unknown agent.hyperparams option(s) {', '.join(unknown)} for {algo}; "
+            f"accepted: {', '.join(sorted(accepted))}"
+        )
+
+
+def make_agent(
+    algo: str,
+    env: VecEnv,
+    seed: int,
+    hyperparams: dict[str, Any] | None = None,
+    policy: str | None = None,
+    device: str = "cpu",
+) -> BaseAlgorithm:
+    """Build an SB3 algorithm on ``env``; ``hyperparams`` go to its constructor unchanged."""
+    hyperparams = dict(hyperparams or {})
+    check_hyperparams(algo, hyperparams)
+    cls = algo_class(algo)
+    policy = policy or DEFAULT_POLICY.get(algo, "MlpPolicy")
+    return cls(policy, env, seed=seed, device=device, verbose=0, **hyperparams)
+
+
+def load_agent(path: str | Path, algo: str = "ppo", device: str = "cpu") -> BaseAlgorithm:
+    """Load a saved agent (``model.zip``) for evaluation."""
+    return algo_class(algo).load(str(path), device=device)
+
+
+class AgentController:
+    """Plays a trained agent in an env: the mean action (deterministic) by default."""
+
+    def __init__(self, name: str, model: BaseAlgorithm, deterministic: bool = True) -> None:
+        self.name = name
+        self.model = model
+        self.deterministic = deterministic
+        self.params: dict[str, Any] = {"kind": "agent", "deterministic": deterministic}
+        self._state: Any = None
+        self._start = True
+
+    def reset(self, env: Any, info: dict[str, Any]) -> None:
+        self._state, self._start = None, True
+
+    def act(self, obs: np.ndarray, info: dict[str, Any], env: Any) -> np.ndarray:
+        action, self._state = self.model.predict(
+            obs,
+            state=self._state,
+            episode_start=np.array([self._start]),
+            deterministic=self.deterministic,
+        )
+        self._start = False
+        return action

@@ -1,0 +1,185 @@
+r"""The arithmetic of stochastic NMF and its learning-rate stability bound.
+
+Every function takes torch tensors and works with or without leading batch dimensions
+(``V`` of shape ``(..., m, n)``, ``W`` of ``(..., m, r)``, ``H`` of ``(..., r, n)``), so the
+single environment and a batched one share one implementation.
+
+The stability bound
+-------------------
+The loss is :math:`f(W, H) = \tfrac12 \lVert V - WH \rVert_F^2`.
+
+*Deterministic bound.* With ``H`` fixed, ``f`` is a convex quadratic in ``W`` with gradient
+:math:`\nabla_W f = (WH - V)H^\top`, which is Lipschitz with constant
+:math:`L_W = \lVert H H^\top \rVert_2` (the largest eigenvalue of an ``r x r`` matrix);
+likewise :math:`L_H = \lVert W^\top W \rVert_2`. For a projected gradient step
+:math:`x^+ = \Pi_{\ge 0}(x - \eta \nabla f)` on an ``L``-smooth convex ``f``, the descent
+lemma and the projection inequality give
+
+.. math:: f(x^+) \le f(x) - \left(\tfrac1\eta - \tfrac L2\right)\lVert x^+ - x \rVert^2,
+
+so every :math:`\eta \le 2/L` leaves the loss no higher. One learning rate shared by both
+blocks of an alternating update is therefore safe for
+:math:`\eta \le 2 / \max(L_W, L_H)`.
+
+*Noisy bound.* With a stochastic gradient :math:`g = \nabla f + \xi`,
+:math:`\mathbb E \xi = 0`, :math:`\mathbb E\lVert\xi\rVert^2 = s^2`, an unprojected step obeys
+
+.. math:: \mathbb E f(x^+) \le f(x) - \eta\left(1 - \tfrac{L\eta}{2}\right)\lVert\nabla f\rVert^2
+          + \tfrac{L\eta^2}{2}s^2,
+
+whose right side is below :math:`f(x)` exactly when
+
+.. math:: \eta < \frac{2}{L}\,\frac{\lVert\nabla f\rVert^2}{\lVert\nabla f\rVert^2 + s^2}.
+
+The factor :math:`\rho = \lVert\nabla f\rVert^2 / (\lVert\nabla f\rVert^2 + s^2)` shrinks the
+deterministic bound as noise dominates. ``s^2`` is known for additive noise
+(``noise_std**2`` times the number of entries) and estimated for column minibatches: the
+``W``-gradient estimate :math:`\hat g = \tfrac nb \sum_{j\in B} c_j` with per-column terms
+:math:`c_j = R_{:j} H_{:j}^\top` (``R = WH - V``) sampled without replacement has
+
+.. math:: \mathbb E\lVert\hat g - g\rVert^2 = \frac{n-b}{n-1}\left(\frac nb\sum_j
+          \lVert R_{:j}\rVert^2 \lVert H_{:j}\rVert^2 - \frac{\lVert g\rVert^2}{b}\right),
+
+cheap because each :math:`c_j` is rank one. The ``H``-update on a minibatch touches only the
+sampled columns with their exact gradient, so its noise is the additive part alone.
+
+This is lrrl's own derivation; the bound is computed at each decision from the current
+factors, and inside a decision every block update is additionally kept below
+``bound_scale * 2 / L`` of the factors it actually sees, so noise-free descent is
+guaranteed at every inner step for ``bound_scale <= 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def residual(V: torch.Tensor, W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """``W @ H - V``."""
+    return W @ H - V
+
+
+def loss_from_residual(R: torch.Tensor) -> torch.Tensor:
+    """``1/2 ||R||_F^2`` over the last two dimensions."""
+    return 0.5 * R.square().sum(dim=(-2, -1))
+
+
+def lipschitz_w(H: torch.Tensor) -> torch.Tensor:
+    """``L_W = ||H H^T||_2``: the Lipschitz constant of the ``W``-gradient for fixed ``H``."""
+    return torch.linalg.eigvalsh(H @ H.mT)[..., -1]
+
+
+def lipschitz_h(W: torch.Tensor) -> torch.Tensor:
+    """``L_H = ||W^T W||_2``: the Lipschitz constant of the ``H``-gradient for fixed ``W``."""
+    return torch.linalg.eigvalsh(W.mT @ W)[..., -1]
+
+
+@dataclass
+class BoundTerms:
+    """Per-decision quantities behind the bound (tensors with the batch shape)."""
+
+    lr_bound: torch.Tensor  # the bound used for clipping
+    deterministic: torch.Tensor  # 2 / max(L_W, L_H)
+    noise_ratio: torch.Tensor  # 1 - min(rho_W, rho_H): 0 noise-free, -> 1 noise-dominated
+
+
+def stability_bound(
+    V: torch.Tensor,
+    W: torch.Tensor,
+    H: torch.Tensor,
+    noise_std: float,
+    batch_size: int | None,
+    noisy: bool = True,
+    R: torch.Tensor | None = None,
+) -> BoundTerms:
+    """The largest learning rate that guarantees (expected) descent from ``(W, H)``.
+
+    ``noisy=False`` gives the deterministic ``2 / max(L_W, L_H)`` whatever the noise.
+    """
+    if R is None:
+        R = residual(V, W, H)
+    m, n = V.shape[-2], V.shape[-1]
+    r = W.shape[-1]
+    eps = torch.finfo(V.dtype).tiny
+    L_W, L_H = lipschitz_w(H), lipschitz_h(W)
+    det_w, det_h = 2.0 / L_W.clamp_min(eps), 2.0 / L_H.clamp_min(eps)
+    gW = R @ H.mT
+    gW2 = gW.square().sum(dim=(-2, -1))
+    gH2 = (W.mT @ R).square().sum(dim=(-2, -1))
+    s2_w = torch.full_like(gW2, noise_std**2 * m * r)
+    b = n if batch_size is None else min(batch_size, n)
+    s2_h = torch.full_like(gH2, noise_std**2 * r * b)
+    if b < n:
+        per_col = (R.square().sum(dim=-2) * H.square().sum(dim=-2)).sum(dim=-1)
+        sampling = (n - b) / (n - 1) * ((n / b) * per_col - gW2 / b)
+        s2_w = s2_w + sampling.clamp_min(0.0)
+        gH2 = gH2 * (b / n)  # the H-update sees the sampled columns only
+    rho_w = gW2 / (gW2 + s2_w).clamp_min(eps)
+    rho_h = gH2 / (gH2 + s2_h).clamp_min(eps)
+    # A zero gradient (a stationary point) carries no information on the noise: no shrinking.
+    rho_w = torch.where(gW2 + s2_w > 0, rho_w, torch.ones_like(rho_w))
+    rho_h = torch.where(gH2 + s2_h > 0, rho_h, torch.ones_like(rho_h))
+    deterministic = torch.minimum(det_w, det_h)
+    noise_ratio = 1.0 - torch.minimum(rho_w, rho_h)
+    lr_bound = torch.minimum(det_w * rho_w, det_h * rho_h) if noisy else deterministic
+    return BoundTerms(lr_bound=lr_bound, deterministic=deterministic, noise_ratio=noise_ratio)
+
+
+def inner_step(
+    V: torch.Tensor,
+    W: torch.Tensor,
+    H: torch.Tensor,
+    lr: torch.Tensor,
+    cap_scale: float | None,
+    noise_std: float,
+    columns: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One alternating projected SGD step, ``W`` then ``H``; returns ``(W, H, min_cap)``.
+
+    ``lr`` has the batch shape. ``columns`` (a 1-D index tensor) selects the column minibatch;
+    ``None`` uses the full matrix. When ``cap_scale`` is given, each block's learning rate is
+    kept below ``cap_scale * 2 / L`` of the factors that block update sees (the safeguard that
+    makes descent hold at every inner step, not only where the bound was computed);
+    ``min_cap`` is the smaller of the two caps, so ``lr > min_cap`` says where it bit.
+    """
+    lr = lr[..., None, None]
+    if columns is None:
+        V_b, H_b = V, H
+    else:
+        V_b, H_b = V[..., columns], H[..., columns]
+
+    gW = (W @ H_b - V_b) @ H_b.mT
+    if columns is not None:
+        gW = gW * (V.shape[-1] / columns.numel())
+    if noise_std > 0:
+        gW = gW + noise_std * torch.randn(
+            gW.shape, generator=generator, dtype=V.dtype, device=V.device
+        )
+    min_cap = None
+    lr_w = lr
+    if cap_scale is not None:
+        # L = 0 gives an infinite cap, which never binds.
+        min_cap = (2.0 * cap_scale) / lipschitz_w(H)
+        lr_w = torch.minimum(lr, min_cap[..., None, None])
+    W = (W - lr_w * gW).clamp_min(0.0)
+
+    gH = W.mT @ (W @ H_b - V_b)
+    if noise_std > 0:
+        gH = gH + noise_std * torch.randn(
+            gH.shape, generator=generator, dtype=V.dtype, device=V.device
+        )
+    lr_h = lr
+    if cap_scale is not None:
+        cap_h = (2.0 * cap_scale) / lipschitz_h(W)
+        min_cap = torch.minimum(min_cap, cap_h)
+        lr_h = torch.minimum(lr, cap_h[..., None, None])
+    H_new = (H_b - lr_h * gH).clamp_min(0.0)
+    if columns is None:
+        H = H_new
+    else:
+        H = H.clone()
+        H[..., columns] = H_new
+    return W, H, min_cap
