@@ -93,7 +93,11 @@ SCHEDULES: dict[str, type] = {
 
 
 class ScheduleController:
-    """Plays a schedule in an env by asking it for the action of each learning rate."""
+    """Plays a schedule in an env: each decision requests the schedule's learning rate exactly.
+
+    The request bypasses the agent's action mapping (see ``LRControlEnv.request_lr``), so the
+    baseline can use any learning rate; the env's clipping to its bound still applies.
+    """
 
     def __init__(self, name: str, schedule: Any) -> None:
         self.name = name
@@ -113,6 +117,13 @@ class ScheduleController:
         if isinstance(self.schedule, FollowBound):
             lr = self.schedule.fraction * unwrapped.clip
         self._t += 1
+        if math.isinf(lr):  # "as high as allowed": the clip
+            lr = (
+                unwrapped.clip
+                if math.isfinite(unwrapped.clip)
+                else unwrapped.lr_for_action(np.ones(1))
+            )
+        unwrapped.request_lr(lr)
         return unwrapped.action_for_lr(lr)
 
 

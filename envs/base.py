@@ -18,8 +18,9 @@ A blow-up never raises: the episode ends with ``terminated=True`` (not ``truncat
 agent does not bootstrap past it), ``info["diverged"] = True`` and a penalty reward.
 
 Controllers that think in learning rates rather than actions (the baseline schedulers) call
-:meth:`LRControlEnv.action_for_lr`, which returns the action that requests a given learning
-rate under the env's current action mapping.
+:meth:`LRControlEnv.request_lr` before a step: the next step then applies exactly that learning
+rate (still clipped to the bound), whatever range the agent's action mapping covers. So a
+baseline is never limited by the action parametrisation chosen for the agent.
 """
 
 from __future__ import annotations
@@ -51,6 +52,18 @@ class LRControlEnv(gym.Env):
     def instances(self, split: str) -> list[Any]:
         """The problem instances of a split (``"train"``, ``"test"``, ...), in a fixed order."""
         raise NotImplementedError
+
+    _lr_request: float | None = None
+
+    def request_lr(self, lr: float) -> None:
+        """Apply exactly ``lr`` (then clipped to the bound) at the next step, ignoring its action."""
+        lr = float(lr)
+        require(lr > 0 and not math.isnan(lr), "lr", lr, "a positive learning rate")
+        self._lr_request = lr
+
+    def _take_lr_request(self) -> float | None:
+        lr, self._lr_request = self._lr_request, None
+        return lr
 
     def action_for_lr(self, lr: float) -> np.ndarray:
         """The action that requests learning rate ``lr`` under the current action mapping.

@@ -342,6 +342,7 @@ class NMFEnv(LRControlEnv):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
+        self._lr_request = None
         options = options or {}
         if "instance" in options and options["instance"] is not None:
             self._instance = self._resolve(options["instance"])
@@ -387,7 +388,9 @@ class NMFEnv(LRControlEnv):
         return self._observation(), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        requested = self.lr_for_action(action)
+        requested = self._take_lr_request()
+        if requested is None:
+            requested = self.lr_for_action(action)
         clip = self.clip
         clipped = requested > clip * (1.0 + 1e-6)
         lr = min(requested, clip)
