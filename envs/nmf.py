@@ -391,10 +391,13 @@ class NMFEnv(LRControlEnv):
         requested = self._take_lr_request()
         if requested is None:
             requested = self.lr_for_action(action)
+        lr_bound = self._lr_bound if self.bound != "none" else math.inf
+        if not self._healthy:
+            # The factors already blew up (e.g. NaN data): nothing left to train.
+            return self._diverged_step(requested, lr_bound)
         clip = self.clip
         clipped = requested > clip * (1.0 + 1e-6)
         lr = min(requested, clip)
-        lr_bound = self._lr_bound if self.bound != "none" else math.inf
         cap = self.bound_scale if self.bound != "none" and self.safeguard else None
         lr_t = torch.tensor(lr, dtype=self.dtype, device=self.device)
         caps = []
@@ -418,10 +421,12 @@ class NMFEnv(LRControlEnv):
         self._t += 1
 
         loss_prev = self._loss
-        diverged = is_diverged(loss, self._loss0, self.max_loss_ratio) or not bool(
-            torch.isfinite(W).all() and torch.isfinite(H).all()
-        )
+        diverged = is_diverged(loss, self._loss0, self.max_loss_ratio)
+        if not diverged:
+            self._update_bound(R)
+            diverged = not self._healthy
         if diverged:
+            self._healthy = False
             reward = -self.divergence_penalty
         elif self.reward_mode == "log_ratio":
             reward = log_ratio_reward(max(loss_prev, 1e-300), max(loss, 1e-300))
@@ -432,7 +437,6 @@ class NMFEnv(LRControlEnv):
         if not diverged:
             delta = math.log(max(loss, 1e-300)) - math.log(max(loss_prev, 1e-300))
             self._deltas = [delta, *self._deltas[:-1]]
-            self._update_bound(R)
         info = {
             "lr": lr,
             "lr_bound": lr_bound,
@@ -444,6 +448,22 @@ class NMFEnv(LRControlEnv):
             "inner_capped": inner_capped,
         }
         return self._observation(), float(reward), bool(diverged), False, info
+
+    def _diverged_step(
+        self, requested: float, lr_bound: float
+    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self._t += 1
+        info = {
+            "lr": 0.0 if math.isnan(requested) else requested,
+            "lr_bound": lr_bound,
+            "loss": self._loss,
+            "clipped": False,
+            "diverged": True,
+            "instance": self._instance.name,
+            "noise_ratio": self._noise_ratio,
+            "inner_capped": 0,
+        }
+        return self._observation(), -self.divergence_penalty, True, False, info
 
     # -- internals ------------------------------------------------------------------------
 
@@ -460,6 +480,8 @@ class NMFEnv(LRControlEnv):
             )
         self._lr_bound = float(terms.lr_bound)
         self._noise_ratio = float(terms.noise_ratio)
+        finite = bool(torch.isfinite(self._W).all() and torch.isfinite(self._H).all())
+        self._healthy = finite and math.isfinite(self._loss) and 0.0 < self._lr_bound < math.inf
 
     def _observation(self) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):

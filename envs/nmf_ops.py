@@ -51,6 +51,7 @@ guaranteed at every inner step for ``bound_scale <= 1``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,14 +67,27 @@ def loss_from_residual(R: torch.Tensor) -> torch.Tensor:
     return 0.5 * R.square().sum(dim=(-2, -1))
 
 
+def largest_eigenvalue(G: torch.Tensor) -> torch.Tensor:
+    """Largest eigenvalue of symmetric ``G``; ``inf`` where ``G`` is not finite (a blow-up)."""
+    finite = torch.isfinite(G).all(dim=(-2, -1))
+    if bool(finite.all()):
+        return torch.linalg.eigvalsh(G)[..., -1]
+    safe = torch.where(finite[..., None, None], G, torch.zeros_like(G))
+    return torch.where(
+        finite,
+        torch.linalg.eigvalsh(safe)[..., -1],
+        torch.full_like(finite, math.inf, dtype=G.dtype),
+    )
+
+
 def lipschitz_w(H: torch.Tensor) -> torch.Tensor:
     """``L_W = ||H H^T||_2``: the Lipschitz constant of the ``W``-gradient for fixed ``H``."""
-    return torch.linalg.eigvalsh(H @ H.mT)[..., -1]
+    return largest_eigenvalue(H @ H.mT)
 
 
 def lipschitz_h(W: torch.Tensor) -> torch.Tensor:
     """``L_H = ||W^T W||_2``: the Lipschitz constant of the ``H``-gradient for fixed ``W``."""
-    return torch.linalg.eigvalsh(W.mT @ W)[..., -1]
+    return largest_eigenvalue(W.mT @ W)
 
 
 @dataclass
