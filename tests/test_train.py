@@ -1,0 +1,135 @@
+"""``lrrl.train`` end to end: the composed real config, shrunk by ``debug=smoke``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from lrrl.cli import ConfigError
+from lrrl.pipeline import run_experiment, validate
+
+RUN_FILES = ("model.zip", "schedule.json", "metrics.json", "schedules.png")
+
+
+def config(*overrides: str) -> dict:
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["debug=smoke", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def run_cli(*args: str, cwd: Path, mode: str = "disabled") -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": mode}
+    return subprocess.run(
+        [sys.executable, "-m", "lrrl.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_complete(run_dir: Path) -> dict:
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), f"{name} missing in {run_dir}"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    schedule = json.loads((run_dir / "schedule.json").read_text())
+    assert schedule["schema"] == "lrrl.schedule/v1"
+    assert len(schedule["loss"]) == len(schedule["lr"]) + 1
+    assert {"ppo", "constant", "step_decay", "follow_bound"} <= set(metrics["schedulers"])
+    for summary in metrics["schedulers"].values():
+        assert summary["final_loss"] > 0
+    return metrics
+
+
+def test_smoke_run_writes_outputs_and_returns_objective(tmp_path):
+    metrics = run_experiment(config(), tmp_path)
+    on_disk = assert_complete(tmp_path)
+    assert metrics["objective"] == pytest.approx(on_disk["objective"])
+    assert metrics["objective"] == pytest.approx(on_disk["schedulers"]["ppo"]["log_loss_ratio"])
+    # baselines were tuned on the training split and reported on the test split
+    assert on_disk["schedulers"]["constant"]["tuned_on"] == "train"
+    assert on_disk["train"]["timesteps"] >= 256
+
+
+def test_cli_runs_from_any_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_cli("debug=smoke", f"hydra.run.dir={run_dir}", "env.rank=4", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_complete(run_dir)
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert saved.env.rank == 4  # the config saved is enough to re-run
+    assert "env.rank=4" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+
+
+@pytest.mark.slow
+def test_sweep_gives_one_complete_dir_per_job(tmp_path):
+    done = run_cli(
+        "-m", "debug=smoke", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert [p.name.split("__")[0] for p in jobs] == ["0", "1"]
+    seeds = [assert_complete(p)["seed"] for p in jobs]
+    assert seeds == [0, 1]
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_has_config_and_curves(tmp_path):
+    run_dir = tmp_path / "run"
+    done = run_cli(
+        "debug=smoke", "logger=wandb", f"hydra.run.dir={run_dir}", cwd=tmp_path, mode="offline"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1  # one run per job
+    record = next(runs[0].glob("*.wandb")).read_bytes()
+    # the resolved config is attached; training and evaluation curves are logged
+    for key in (b"steps_per_action", b"charts/final_loss", b"eval/ppo/lr", b"eval/ppo/loss"):
+        assert key in record, key
+    assert "finishing run" in (runs[0] / "logs" / "debug.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("env.rank=500", "rank"),
+        ("env.steps_per_action=0", "steps_per_action"),
+        ("env.bound_scale=-1", "bound_scale"),
+        ("env.lr_range=[1.0,0.1]", "lr_range"),
+        ("env.shape=[0,10]", "shape"),
+        ("env.batch_size=0", "batch_size"),
+        ("env.instances=nope", "instances"),
+        ("agent.total_timesteps=0", "total_timesteps"),
+        ("+agent.hyperparams.n_stepz=8", "n_stepz"),
+        ("eval.baselines=[nope]", "baselines"),
+        ("eval.lr_grid=[-1.0]", "lr_grid"),
+    ],
+)
+def test_bad_config_is_rejected_before_work_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key):
+        validate(config(override))
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (["env=nope"], "env"),
+        (["agent=nope"], "agent"),
+        (["env.rank=1000"], "rank"),
+        (["env.steps_per_action=-3"], "steps_per_action"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, key):
+    done = run_cli(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], done.stderr
+    assert not (tmp_path / "run" / "model.zip").exists()
