@@ -79,6 +79,17 @@ def test_sweep_gives_one_complete_dir_per_job(tmp_path):
     assert [p.name.split("__")[0] for p in jobs] == ["0", "1"]
     seeds = [assert_complete(p)["seed"] for p in jobs]
     assert seeds == [0, 1]
+    table = tmp_path / "table.json"
+    script = Path(__file__).parents[1] / "experiments" / "sweep_table.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "sweep"), "--json", str(table)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(table.read_text())
+    assert rows["ppo"]["seeds"] == [0, 1] and rows["ppo"]["beaten_by_agent"] is None
+    assert rows["step_decay"]["beaten_by_agent"] in (0, 1, 2)
 
 
 @pytest.mark.slow
