@@ -218,7 +218,7 @@ class EvalSettings:
     grids: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     tuner: str = "grid"
     tune_budget: int | None = None
-    workers: int = 1
+    n_jobs: int = 1
     bootstrap_samples: int = 2000
     confidence: float = 0.95
     reference: bool = True
@@ -229,7 +229,7 @@ class EvalSettings:
         known = set(cls.__dataclass_fields__)
         check_options("eval", dict(ev), sorted(known))
         out = cls(**{k: v for k, v in ev.items() if v is not None or k == "tune_budget"})
-        for key in ("episodes_per_instance", "tune_episodes_per_instance", "workers"):
+        for key in ("episodes_per_instance", "tune_episodes_per_instance", "n_jobs"):
             setattr(out, key, as_int(f"eval.{key}", getattr(out, key), 1))
         out.bootstrap_samples = as_int("eval.bootstrap_samples", out.bootstrap_samples, 100)
         out.confidence = as_float("eval.confidence", out.confidence, 0.0, 1.0, strict=True)
@@ -401,6 +401,7 @@ def summarise(
         "final_loss_iqm_ci": described["final_loss"]["iqm_ci"],
         "final_loss_ratio": float(np.mean(np.exp(ratios))),
         "log_loss_ratio": float(np.mean(ratios)),
+        "log_loss_ratio_ci": described["log_loss_ratio"]["mean_ci"],
         "log_loss_ratio_std": float(np.std(ratios[finite])) if finite.any() else math.nan,
         "log_loss_ratio_iqm": described["log_loss_ratio"]["iqm"],
         "log_loss_ratio_iqm_ci": described["log_loss_ratio"]["iqm_ci"],
@@ -410,6 +411,7 @@ def summarise(
         "divergence_rate": float(np.mean([e.diverged for e in episodes])),
         "clip_rate": float(np.mean([e.clip_rate for e in episodes])),
         "episodes": len(episodes),
+        "confidence": confidence,
         "stats": described,
         "per_instance": {
             f"{e.instance}@{e.seed}": {
@@ -535,7 +537,7 @@ def compare(
         for name in names:
             if settings.tuner == "grid":
                 tuned = tune_grid(
-                    env_id, env_kwargs, name, plans[name], tune_runs, settings.workers, advance
+                    env_id, env_kwargs, name, plans[name], tune_runs, settings.n_jobs, advance
                 )
             else:
                 tuned = tune_optuna(
@@ -546,7 +548,7 @@ def compare(
                     tune_runs,
                     trials,
                     seed,
-                    settings.workers,
+                    settings.n_jobs,
                     advance,
                 )
             controllers[name] = tuned.controller
@@ -559,7 +561,7 @@ def compare(
             }
             log(f"tuned {name}: {tuned.candidates} candidates, best {tuned.controller.params}")
         tasks = [(c, inst, s) for c in controllers.values() for inst, s in test_runs]
-        flat = run_tasks(env_id, env_kwargs, tasks, settings.workers, advance)
+        flat = run_tasks(env_id, env_kwargs, tasks, settings.n_jobs, advance)
     k = len(test_runs)
     episodes = {name: flat[i * k : (i + 1) * k] for i, name in enumerate(controllers)}
     result = Comparison(settings.split, episodes, details, skipped, references)

@@ -57,7 +57,14 @@ def bootstrap_ci(
     with np.errstate(invalid="ignore"):
         stats = _estimator(estimator)(resamples)
     alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha], method="linear")
+    with np.errstate(invalid="ignore"):
+        low, high = np.quantile(stats, [alpha, 1.0 - alpha], method="linear")
+    # Interpolating between two infinite resamples (divergences) gives NaN: take the order
+    # statistic itself there, so an interval reaching a divergence reads [.., inf].
+    if math.isnan(low):
+        low = np.quantile(stats, alpha, method="lower")
+    if math.isnan(high):
+        high = np.quantile(stats, 1.0 - alpha, method="higher")
     return float(low), float(high)
 
 
