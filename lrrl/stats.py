@@ -124,13 +124,14 @@ def optimality_gap(loss_T: float, loss_0: float, loss_star: float) -> float:
     return (loss_T - loss_star) / span if span > 0 else math.nan
 
 
-@functools.lru_cache(maxsize=256)
-def reference_loss(instance: Any, rank: int, max_iter: int = 2000) -> float:
-    """``1/2 ||V - W H||_F^2`` of scikit-learn's batch NMF at ``rank`` (cached per instance).
+def reference_factors(
+    matrix: np.ndarray, rank: int, max_iter: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(W, H)`` from scikit-learn's batch NMF of ``matrix`` at ``rank`` (coordinate descent).
 
-    ``instance`` is hashable and has ``matrix()``; coordinate descent from the ``nndsvda``
-    start is near-optimal and (seeded, single-threaded) deterministic, which is what a
-    quality anchor needs. It is a local optimum too: a schedule may beat it (negative gap).
+    Coordinate descent from the ``nndsvda`` start is near-optimal and, seeded and on one BLAS
+    thread, deterministic: the same numbers in every process (train run, re-evaluation,
+    parallel workers), which is what a quality anchor needs.
     """
     import warnings
 
@@ -138,19 +139,28 @@ def reference_loss(instance: Any, rank: int, max_iter: int = 2000) -> float:
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
 
-    V = np.array(instance.matrix(), dtype=np.float64)
-    # nndsvda's SVD is randomised: a fixed random_state and one BLAS thread make the anchor
-    # the same number in every process (train run, re-evaluation, parallel workers).
     model = NMF(
         n_components=rank,
         init="nndsvda",
         solver="cd",
         max_iter=max_iter,
         tol=1e-6,
-        random_state=0,
+        random_state=0,  # nndsvda's SVD is randomised
     )
     with warnings.catch_warnings(), threadpool_limits(1):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        W = model.fit_transform(V)
-    R = V - W @ model.components_
+        W = model.fit_transform(np.asarray(matrix, dtype=np.float64))
+    return W, model.components_
+
+
+@functools.lru_cache(maxsize=256)
+def reference_loss(instance: Any, rank: int, max_iter: int = 2000) -> float:
+    """``1/2 ||V - W H||_F^2`` (the NMF env's loss) at :func:`reference_factors` (cached).
+
+    ``instance`` is hashable and has ``matrix()``. The reference is a local optimum too: a
+    schedule may beat it, which shows as a negative optimality gap.
+    """
+    V = np.array(instance.matrix(), dtype=np.float64)
+    W, H = reference_factors(V, rank, max_iter)
+    R = V - W @ H
     return float(0.5 * np.sum(R * R))
