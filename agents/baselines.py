@@ -329,7 +329,7 @@ SPACES: dict[str, dict[str, Any]] = {
         "decay_fraction": (0.05, 0.5, False),
     },
     "plateau": {"factor": (0.1, 0.9, False), "patience": (0, 5)},
-    "greedylr": {"factor": (0.5, 0.99, False), "patience": (1, 10)},
+    "greedylr": {},  # as in the grid: the scheduler's defaults, only the starting lr tuned
     "follow_bound": {"fraction": (0.1, 1.0, False)},
 }
 

@@ -107,7 +107,12 @@ def plan(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, 
             ev[top] = config["eval"][top]
         agents = [str(run_dir), *agents]
     for path in agents[1 if run_dir else 0 :]:
-        read_run(path)
+        trained_on = read_run(path)["env"].get("id")
+        if trained_on != env_cfg.get("id"):
+            raise ConfigError(
+                f"agents entry {path!r} is invalid: its agent was trained on {trained_on}, "
+                f"expected a run on {env_cfg.get('id')}"
+            )
     schedulers = config.get("schedulers")
     if schedulers is not None:
         if isinstance(schedulers, str):

@@ -315,7 +315,10 @@ def tune_optuna(
     Trials run sequentially so the sampler sees every result and the search is reproducible;
     the rollouts of one trial run in parallel.
     """
-    import optuna
+    try:
+        import optuna
+    except ImportError as err:  # optional dependency
+        raise ValueError("eval.tuner='optuna' needs optuna: pip install 'lrrl[tune]'") from err
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     kind = SCHEDULES[name]
