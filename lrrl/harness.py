@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -538,6 +539,7 @@ def compare(
         for name, controller in (agents or {}).items():
             details[name] = {"params": dict(getattr(controller, "params", {"kind": "agent"}))}
         for name in names:
+            start = time.perf_counter()
             if settings.tuner == "grid":
                 tuned = tune_grid(
                     env_id, env_kwargs, name, plans[name], tune_runs, settings.n_jobs, advance
@@ -561,6 +563,7 @@ def compare(
                 "tuner": tuned.tuner,
                 "candidates": tuned.candidates,
                 "train_log_loss_ratio": tuned.train_score,
+                "tuning_time_s": time.perf_counter() - start,
             }
             log(f"tuned {name}: {tuned.candidates} candidates, best {tuned.controller.params}")
         tasks = [(c, inst, s) for c in controllers.values() for inst, s in test_runs]
