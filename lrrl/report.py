@@ -15,6 +15,7 @@ import numpy as np
 from rich.table import Table
 
 from lrrl import stats
+from lrrl.agents.baselines import GRIDS, SPACES
 from lrrl.harness import Episode
 
 #: Columns of the per-episode CSV, one row per scheduler x instance x episode seed.
@@ -42,7 +43,7 @@ def _num(value: Any, fmt: str = ".3g") -> str:
 def _interval(point: Any, ci: Sequence[float] | None, fmt: str = ".3g") -> str:
     if ci is None:
         return _num(point, fmt)
-    return f"{_num(point, fmt)} [{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+    return f"{_num(point, fmt)}\n[{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
 
 
 def table(
@@ -81,13 +82,12 @@ def table(
             column,
             justify="left" if column in ("scheduler", "params") else "right",
             overflow="fold",
+            no_wrap=column == "scheduler",
         )
     best = min((s["log_loss_ratio"] for s in summaries.values()), default=math.nan)
     for name, s in sorted(summaries.items(), key=lambda kv: kv[1]["log_loss_ratio"]):
-        params = {
-            k: v for k, v in (details.get(name, {}).get("params") or {}).items() if k != "kind"
-        }
-        shown = " ".join(
+        params = _tuned(details.get(name, {}).get("params") or {})
+        shown = "\n".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
         )
         row = [
@@ -171,6 +171,15 @@ def plot_intervals(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _tuned(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters worth a table cell: what tuning chose (or the agent's algorithm)."""
+    kind = params.get("kind")
+    if kind == "agent":
+        return {k: v for k, v in params.items() if k == "algo"}
+    keys = {"lr", *GRIDS.get(kind, {}), *SPACES.get(kind, {})}
+    return {k: v for k, v in params.items() if k in keys}
 
 
 def _finite(value: Any) -> float:

@@ -344,3 +344,20 @@ def test_evaluate_cli_errors_in_one_line(tmp_path, args, message):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lrrl.evaluate: error:") and message in lines[0]
+
+
+@pytest.mark.slow
+def test_evaluate_cli_reproduces_a_smoke_train_run(tmp_path):
+    run_dir = tmp_path / "run"
+    shrink = ["env=nmf", "debug=smoke", "env.shape=[40,30]", "env.rank=4"]
+    trained = _cli("lrrl.train", *shrink, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = _cli("lrrl.evaluate", f"run_dir={run_dir}", "progress_bar=false", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    (out,) = (run_dir / "eval").iterdir()
+    before = json.loads((run_dir / "metrics.json").read_text())["schedulers"]
+    after = json.loads((out / "metrics.json").read_text())["schedulers"]
+    assert {n: s["per_instance"] for n, s in after.items()} == {
+        n: s["per_instance"] for n, s in before.items()
+    }
+    assert (out / ".hydra" / "config.yaml").is_file() and (run_dir / "model.zip").is_file()
