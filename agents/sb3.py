@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +76,35 @@ def load_agent(path: str | Path, algo: str = "ppo", device: str = "cpu") -> Base
     return algo_class(algo).load(str(path), device=device)
 
 
+def algo_name(model: BaseAlgorithm) -> str:
+    """The ``algo`` name of a model's class (the inverse of :func:`algo_class`)."""
+    for name in ALGOS:
+        try:
+            if type(model) is algo_class(name):
+                return name
+        except ValueError:  # an optional algorithm that is not installed
+            continue
+    raise ValueError(f"model class {type(model).__name__} is not one of {sorted(ALGOS)}")
+
+
 class AgentController:
-    """Plays a trained agent in an env: the mean action (deterministic) by default."""
+    """Plays a trained agent in an env: the mean action (deterministic) by default.
+
+    Recurrent policies (``recurrent_ppo``) get their hidden state carried from one decision
+    to the next and reset at each episode start. The controller pickles (for parallel
+    evaluation) by saving the model to bytes, without the training env.
+    """
 
     def __init__(self, name: str, model: BaseAlgorithm, deterministic: bool = True) -> None:
         self.name = name
         self.model = model
+        self.algo = algo_name(model)
         self.deterministic = deterministic
-        self.params: dict[str, Any] = {"kind": "agent", "deterministic": deterministic}
+        self.params: dict[str, Any] = {
+            "kind": "agent",
+            "algo": self.algo,
+            "deterministic": deterministic,
+        }
         self._state: Any = None
         self._start = True
 
@@ -98,3 +120,17 @@ class AgentController:
         )
         self._start = False
         return action
+
+    def __getstate__(self) -> dict[str, Any]:
+        buffer = io.BytesIO()
+        self.model.save(buffer)
+        return {
+            "name": self.name,
+            "algo": self.algo,
+            "deterministic": self.deterministic,
+            "model": buffer.getvalue(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        model = algo_class(state["algo"]).load(io.BytesIO(state["model"]), device="cpu")
+        self.__init__(state["name"], model, state["deterministic"])  # type: ignore[misc]

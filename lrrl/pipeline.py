@@ -17,19 +17,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from lrrl import report
 from lrrl.agents.baselines import SCHEDULES, default_grid
 from lrrl.agents.sb3 import AgentController, algo_class, check_hyperparams, make_agent
 from lrrl.cli import ConfigError
 from lrrl.envs.base import as_int
-from lrrl.harness import (
-    Episode,
-    episode_seeds,
-    evaluate,
-    make_env,
-    split_env_config,
-    summarise,
-    tune,
-)
+from lrrl.harness import Episode, EvalSettings, compare, make_env, split_env_config, summarise
 from lrrl.outputs import plot_schedules, schedule_payload, write_json
 from lrrl.seeding import seed_everything
 from lrrl.tracking import TrackingCallback, make_tracker
@@ -79,6 +72,10 @@ def validate(config: dict[str, Any]) -> Plan:
         f"one of {VEC_ENVS}",
     )
     ev = config["eval"]
+    try:
+        EvalSettings.from_config(ev)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for key in ("episodes_per_instance", "tune_episodes_per_instance"):
         try:
             as_int(f"eval.{key}", ev.get(key), 1)
@@ -163,67 +160,29 @@ def _train_agent(
 def _compare(
     plan: Plan, config: dict[str, Any], model: Any, console: Console
 ) -> tuple[dict[str, list[Episode]], dict[str, Any]]:
-    ev = config["eval"]
-    env = make_env(plan.env_id, **plan.env_kwargs)
-    u = env.unwrapped
-    test_runs = episode_seeds(
-        u.instances(ev["split"]), int(ev["episodes_per_instance"]), plan.seed + 1
+    """The trained agent and the tuned baselines on the test split, through the harness.
+
+    Returns the episodes and, per scheduler, its statistics (bootstrap intervals, optimality
+    gap, paired win rates) merged with how it was tuned; ``lrrl.evaluate run_dir=...``
+    reproduces these numbers from the saved run.
+    """
+    settings = EvalSettings.from_config(config["eval"])
+    comparison = compare(
+        plan.env_id,
+        plan.env_kwargs,
+        settings,
+        plan.seed,
+        agents={plan.algo: AgentController(plan.algo, model)},
+        baselines=plan.baselines,
+        log=console.log,
+        show_progress=bool(config.get("progress_bar")),
     )
-    tune_runs = episode_seeds(
-        u.instances(ev["tune_split"]), int(ev["tune_episodes_per_instance"]), plan.seed + 2
-    )
-    grids = ev.get("grids") or {}
-    episodes: dict[str, list[Episode]] = {}
-    details: dict[str, Any] = {}
-    episodes[plan.algo] = evaluate(env, AgentController(plan.algo, model), test_runs)
-    details[plan.algo] = {"params": {"kind": "agent", "algo": plan.algo, "deterministic": True}}
-    for name in plan.baselines:
-        start = time.perf_counter()
-        candidates = default_grid(name, plan.lr_grid, grids.get(name))
-        best, train_score = tune(env, name, candidates, tune_runs)
-        episodes[name] = evaluate(env, best, test_runs)
-        details[name] = {
-            "params": best.params,
-            "tuned_on": ev["tune_split"],
-            "candidates": len(candidates),
-            "train_log_loss_ratio": train_score,
-            "tuning_time_s": time.perf_counter() - start,
-        }
-        console.log(f"tuned {name}: {len(candidates)} candidates, best {best.params}")
-    env.close()
-    return episodes, details
+    return comparison.episodes, comparison.schedulers()
 
 
 def _table(summaries: dict[str, dict[str, Any]], details: dict[str, Any], split: str) -> Table:
-    table = Table(title=f"final loss on the {split} instances (lower is better)")
-    for column in (
-        "scheduler",
-        "log(loss_T/loss_0)",
-        "± std",
-        "loss_T/loss_0",
-        "diverged",
-        "params",
-    ):
-        table.add_column(
-            column, justify="right" if column != "params" and column != "scheduler" else "left"
-        )
-    best = min(s["log_loss_ratio"] for s in summaries.values())
-    for name, s in sorted(summaries.items(), key=lambda kv: kv[1]["log_loss_ratio"]):
-        params = {k: v for k, v in details[name]["params"].items() if k != "kind"}
-        shown = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
-        )
-        style = "bold green" if s["log_loss_ratio"] == best else None
-        table.add_row(
-            name,
-            f"{s['log_loss_ratio']:.3f}",
-            f"{s['log_loss_ratio_std']:.3f}",
-            f"{s['final_loss_ratio']:.4g}",
-            f"{s['divergence_rate']:.0%}",
-            shown,
-            style=style,
-        )
-    return table
+    merged = {name: {**summaries[name], **details.get(name, {})} for name in summaries}
+    return report.table(merged, details, split)
 
 
 def run_experiment(
