@@ -1,1 +1,12 @@
 """Drop-in PyTorch learning-rate schedulers."""
+
+from __future__ import annotations
+
+from lrrl.schedulers.greedylr import (
+    GREEDYLR_DEFAULTS,
+    GreedyLR,
+    greedylr_reference,
+    replay_greedylr,
+)
+
+__all__ = ["GREEDYLR_DEFAULTS", "GreedyLR", "greedylr_reference", "replay_greedylr"]
