@@ -8,5 +8,12 @@ from lrrl.schedulers.greedylr import (
     greedylr_reference,
     replay_greedylr,
 )
+from lrrl.schedulers.replay import ScheduleReplay
 
-__all__ = ["GREEDYLR_DEFAULTS", "GreedyLR", "greedylr_reference", "replay_greedylr"]
+__all__ = [
+    "GREEDYLR_DEFAULTS",
+    "GreedyLR",
+    "ScheduleReplay",
+    "greedylr_reference",
+    "replay_greedylr",
+]
