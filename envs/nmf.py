@@ -297,15 +297,9 @@ class NMFEnv(LRControlEnv):
 
     def lr_for_action(self, action: np.ndarray) -> float:
         """The learning rate an action requests (before clipping); NaN actions count as -1."""
-        a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-        a = -1.0 if math.isnan(a) else min(1.0, max(-1.0, a))
-        if self.action_mode == "bound":
-            low, high = self.lr_floor, self.lr_ceiling
-            return self.clip * math.exp(
-                math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low))
-            )
-        low, high = self.lr_range
-        return math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+        return nmf_lr_for_action(
+            action, self.action_mode, self.clip, self.lr_floor, self.lr_ceiling, self.lr_range
+        )
 
     def action_for_lr(self, lr: float) -> np.ndarray:
         if self.action_mode == "bound":
@@ -484,16 +478,67 @@ class NMFEnv(LRControlEnv):
         self._healthy = finite and math.isfinite(self._loss) and 0.0 < self._lr_bound < math.inf
 
     def _observation(self) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel_loss = math.log(self._loss / self._loss0) if self._loss > 0 else -OBS_LIMIT
-            if self.bound == "none":
-                lr_rel, log_bound = 0.0, 0.0
-            else:
-                lr_rel = math.log(self._lr_prev / self.clip) if self._lr_prev > 0 else 0.0
-                log_bound = math.log10(self._lr_bound) if self._lr_bound > 0 else -OBS_LIMIT
-        obs = np.array(
-            [rel_loss, *self._deltas, lr_rel, log_bound, self._noise_ratio, self._t / self.horizon],
-            dtype=np.float64,
+        return nmf_observation(
+            loss=self._loss,
+            loss0=self._loss0,
+            deltas=self._deltas,
+            lr_prev=self._lr_prev,
+            lr_bound=None if self.bound == "none" else self._lr_bound,
+            bound_scale=self.bound_scale,
+            noise_ratio=self._noise_ratio,
+            progress=self._t / self.horizon,
         )
-        obs = np.nan_to_num(obs, nan=0.0, posinf=OBS_LIMIT, neginf=-OBS_LIMIT)
-        return np.clip(obs, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
+
+
+def nmf_observation(
+    loss: float,
+    loss0: float,
+    deltas: Sequence[float],
+    lr_prev: float,
+    lr_bound: float | None,
+    bound_scale: float,
+    noise_ratio: float,
+    progress: float,
+) -> np.ndarray:
+    """The ``lrrl/NMF-v0`` observation from the quantities it summarises (see ``NMFEnv``).
+
+    Shared by the env and :class:`lrrl.schedulers.PolicyScheduler`, which rebuilds it from a
+    loss history in any training loop. ``deltas`` are the last ``HISTORY`` log-loss changes,
+    newest first; ``lr_prev`` the last applied learning rate (NaN before the first decision);
+    ``lr_bound`` the current bound (``None`` when the env has none).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel_loss = math.log(loss / loss0) if loss > 0 else -OBS_LIMIT
+        if lr_bound is None:
+            lr_rel, log_bound = 0.0, 0.0
+        else:
+            clip = bound_scale * lr_bound
+            lr_rel = math.log(lr_prev / clip) if lr_prev > 0 else 0.0
+            log_bound = math.log10(lr_bound) if lr_bound > 0 else -OBS_LIMIT
+    obs = np.array(
+        [rel_loss, *deltas, lr_rel, log_bound, noise_ratio, progress],
+        dtype=np.float64,
+    )
+    obs = np.nan_to_num(obs, nan=0.0, posinf=OBS_LIMIT, neginf=-OBS_LIMIT)
+    return np.clip(obs, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
+
+
+def nmf_lr_for_action(
+    action: Any,
+    action_mode: str,
+    clip: float,
+    lr_floor: float,
+    lr_ceiling: float,
+    lr_range: Sequence[float],
+) -> float:
+    """The learning rate an ``lrrl/NMF-v0`` action requests (before clipping to ``clip``).
+
+    Shared by the env and :class:`lrrl.schedulers.PolicyScheduler`; NaN actions count as -1.
+    """
+    a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+    a = -1.0 if math.isnan(a) else min(1.0, max(-1.0, a))
+    if action_mode == "bound":
+        low, high = lr_floor, lr_ceiling
+        return clip * math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+    low, high = lr_range
+    return math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))

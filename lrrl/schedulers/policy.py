@@ -1,0 +1,278 @@
+"""Run a trained lrrl agent as a learning-rate scheduler inside any PyTorch training loop.
+
+A learned schedule is a policy: observation in, learning rate out. :class:`PolicyScheduler`
+rebuilds, from the losses a training loop reports, the observation the agent's env would
+have built, asks the agent for an action and sets the learning rate it maps to. The
+observation depends on the env the agent was trained in; each env id has an
+:class:`ObservationBuilder` in :data:`OBSERVATION_BUILDERS` (``register_observation_builder``
+adds one, e.g. for ``lrrl/DNN-v0``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from torch import Tensor
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+#: A number, or a function called (with no arguments) at each decision to get it.
+FloatSource = float | Callable[[], float]
+
+
+def _read(source: FloatSource | None) -> float | None:
+    if source is None:
+        return None
+    return float(source() if callable(source) else source)
+
+
+class ObservationBuilder(Protocol):
+    """Turns a training loop's loss history into an env's observations and actions into lrs."""
+
+    def start(self) -> np.ndarray:
+        """The observation before the first decision (no loss seen yet)."""
+        ...
+
+    def lr_for_action(self, action: np.ndarray) -> float:
+        """The learning rate an action asks for, clipped as the env would clip it."""
+        ...
+
+    def observe(self, loss0: float, loss: float, lr: float, progress: float) -> np.ndarray:
+        """The observation after a decision that applied ``lr`` and ended at ``loss``."""
+        ...
+
+
+class NMFObservation:
+    """Observations of ``lrrl/NMF-v0`` (see :func:`lrrl.envs.nmf.nmf_observation`).
+
+    The env knows its stability bound; a generic loop does not. ``lr_bound`` supplies it (a
+    number, or a function called at each decision); without one the bound is the constant
+    ``reference_lr``, so the agent schedules relative to that learning rate: in the default
+    ``action_mode="bound"`` it picks between ``lr_floor * reference_lr`` and
+    ``reference_lr`` (the clip). ``noise_ratio`` (the env's gradient-noise feature) is 0
+    unless given. These stand-ins are what limits transfer: the agent sees features that
+    mean what they meant in training only when the bound and noise ratio are real.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, Any],
+        reference_lr: float,
+        lr_bound: FloatSource | None = None,
+        noise_ratio: FloatSource = 0.0,
+    ) -> None:
+        from lrrl.envs.nmf import HISTORY
+
+        self.env = env
+        self.has_bound = env.get("bound", "noisy") != "none"
+        self.bound_scale = float(env.get("bound_scale", 1.0))
+        self.lr_bound_source = lr_bound if lr_bound is not None else float(reference_lr)
+        self.noise_source = noise_ratio
+        self.history = HISTORY
+        self.deltas = [0.0] * HISTORY
+        self.loss_prev: float | None = None
+        self.lr_bound = 0.0
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.lr_bound = float(_read(self.lr_bound_source))  # type: ignore[arg-type]
+        if self.has_bound and not (0.0 < self.lr_bound < math.inf):
+            raise ValueError(f"lr_bound={self.lr_bound!r} is invalid: expected a positive float")
+        self.noise_ratio = float(_read(self.noise_source))  # type: ignore[arg-type]
+
+    def _obs(self, loss: float, loss0: float, lr_prev: float, progress: float) -> np.ndarray:
+        from lrrl.envs.nmf import nmf_observation
+
+        return nmf_observation(
+            loss=loss,
+            loss0=loss0,
+            deltas=self.deltas,
+            lr_prev=lr_prev,
+            lr_bound=self.lr_bound if self.has_bound else None,
+            bound_scale=self.bound_scale,
+            noise_ratio=self.noise_ratio,
+            progress=progress,
+        )
+
+    def start(self) -> np.ndarray:
+        # loss / loss0 = 1 before any decision, so the loss values do not matter yet.
+        return self._obs(1.0, 1.0, math.nan, 0.0)
+
+    @property
+    def clip(self) -> float:
+        return self.bound_scale * self.lr_bound if self.has_bound else math.inf
+
+    def lr_for_action(self, action: np.ndarray) -> float:
+        from lrrl.envs.nmf import nmf_lr_for_action
+
+        e = self.env
+        requested = nmf_lr_for_action(
+            action,
+            e.get("action_mode", "bound"),
+            self.clip,
+            float(e.get("lr_floor", 1e-2)),
+            float(e.get("lr_ceiling", 2.0)),
+            list(e.get("lr_range", (1e-4, 10.0))),
+        )
+        return min(requested, self.clip)
+
+    def observe(self, loss0: float, loss: float, lr: float, progress: float) -> np.ndarray:
+        loss_prev = loss0 if self.loss_prev is None else self.loss_prev
+        if math.isfinite(loss):
+            delta = math.log(max(loss, 1e-300)) - math.log(max(loss_prev, 1e-300))
+            self.deltas = [delta, *self.deltas[:-1]]
+        self.loss_prev = loss
+        self._refresh()
+        return self._obs(loss, loss0, lr, progress)
+
+
+#: Observation builders by env id: ``factory(env_config, reference_lr, **options)``.
+OBSERVATION_BUILDERS: dict[str, Callable[..., ObservationBuilder]] = {
+    "lrrl/NMF-v0": NMFObservation,
+}
+
+
+def register_observation_builder(env_id: str, factory: Callable[..., ObservationBuilder]) -> None:
+    """Make :class:`PolicyScheduler` work for agents trained in ``env_id``."""
+    OBSERVATION_BUILDERS[env_id] = factory
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Path]:
+    """The composed config and model path of a training run directory (checked)."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    config_path, model_path = run_dir / ".hydra" / "config.yaml", run_dir / "model.zip"
+    for needed in (config_path, model_path):
+        if not needed.is_file():
+            raise ValueError(
+                f"run_dir={str(run_dir)!r} is invalid: {needed.relative_to(run_dir)} is missing "
+                "(expected a directory written by python -m lrrl.train)"
+            )
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    except Exception as err:  # omegaconf raises many types for a bad file
+        raise ValueError(f"{config_path}: cannot read the run's config: {err}") from None
+    if not isinstance(config, dict) or "env" not in config or "agent" not in config:
+        raise ValueError(f"{config_path}: not an lrrl.train config (no env/agent section)")
+    return config, model_path  # type: ignore[return-value]
+
+
+class PolicyScheduler(LRScheduler):
+    """A trained agent choosing the learning rate of any PyTorch loop, online.
+
+    Call ``step(loss)`` after every optimizer step with that step's training loss. Every
+    ``steps_per_decision`` steps the scheduler summarises the losses of the window (their
+    mean, or the last with ``window_loss="last"``), builds the observation the agent's env
+    would have built, and sets the learning rate of the next window from the agent's action.
+    Progress (an observation feature) is ``steps / total_steps``. The first window's
+    learning rate is chosen at construction, from the start observation.
+
+    Args:
+        optimizer: the wrapped optimizer; group 0 gets the agent's lr, other groups keep
+            their ratio to group 0's starting lr.
+        run_dir: a run directory of ``python -m lrrl.train`` (``model.zip`` and
+            ``.hydra/config.yaml``).
+        total_steps: optimizer steps of the run.
+        steps_per_decision: optimizer steps per decision; default ``total_steps`` spread
+            over the env's ``horizon`` decisions (at least 1).
+        lr_bound: what the env's stability bound was (NMF): a float or a function called
+            at each decision; default the constant ``reference_lr``.
+        reference_lr: the stand-in bound; default the optimizer's starting lr of group 0.
+        noise_ratio: the env's gradient-noise feature (NMF): float or function; default 0.
+        loss0: the loss before training; default the first loss reported.
+        window_loss: ``"mean"`` or ``"last"`` loss of a window stands for the decision's loss.
+        deterministic: act with the policy's mean action.
+        device: torch device of the agent.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        run_dir: str | Path,
+        total_steps: int,
+        steps_per_decision: int | None = None,
+        lr_bound: FloatSource | None = None,
+        reference_lr: float | None = None,
+        noise_ratio: FloatSource = 0.0,
+        loss0: float | None = None,
+        window_loss: str = "mean",
+        deterministic: bool = True,
+        device: str = "cpu",
+    ) -> None:
+        from lrrl.agents.sb3 import load_agent
+
+        config, model_path = load_run(run_dir)
+        env_cfg = dict(config["env"])
+        env_id = env_cfg.get("id")
+        if env_id not in OBSERVATION_BUILDERS:
+            raise ValueError(
+                f"env id={env_id!r} is invalid: PolicyScheduler knows "
+                f"{sorted(OBSERVATION_BUILDERS)} (add one with register_observation_builder)"
+            )
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ValueError(f"total_steps={total_steps!r} is invalid: expected an integer >= 1")
+        if window_loss not in ("mean", "last"):
+            raise ValueError(f"window_loss={window_loss!r} is invalid: expected 'mean' or 'last'")
+        horizon = int(env_cfg.get("horizon", 50))
+        if steps_per_decision is None:
+            steps_per_decision = max(1, round(total_steps / horizon))
+        if steps_per_decision < 1:
+            raise ValueError(
+                f"steps_per_decision={steps_per_decision!r} is invalid: expected an integer >= 1"
+            )
+        self.model = load_agent(model_path, config["agent"].get("algo", "ppo"), device=device)
+        starts = [float(g["lr"]) for g in optimizer.param_groups]
+        self.ratios = [lr / starts[0] if starts[0] > 0 else 1.0 for lr in starts]
+        self.reference_lr = float(reference_lr) if reference_lr is not None else starts[0]
+        self.builder = OBSERVATION_BUILDERS[env_id](
+            env_cfg, self.reference_lr, lr_bound=lr_bound, noise_ratio=noise_ratio
+        )
+        self.total_steps = total_steps
+        self.steps_per_decision = int(steps_per_decision)
+        self.window_loss = window_loss
+        self.deterministic = deterministic
+        self.loss0 = loss0
+        self.steps = 0
+        self.window: list[float] = []
+        self.decisions: list[float] = []  # the lr of each decision so far
+        self._state: Any = None
+        self._lr = self._decide(self.builder.start(), first=True)
+        super().__init__(optimizer)
+
+    def _decide(self, obs: np.ndarray, first: bool = False) -> float:
+        action, self._state = self.model.predict(
+            obs,
+            state=self._state,
+            episode_start=np.array([first]),
+            deterministic=self.deterministic,
+        )
+        lr = self.builder.lr_for_action(action)
+        self.decisions.append(lr)
+        return lr
+
+    def step(self, loss: float | Tensor | None = None, epoch: int | None = None) -> None:  # type: ignore[override]
+        """Record the loss of the optimizer step just taken; decide at the end of a window."""
+        if loss is not None:
+            value = float(loss.detach() if isinstance(loss, Tensor) else loss)
+            if self.loss0 is None:
+                self.loss0 = value
+            self.window.append(value)
+            self.steps += 1
+            if self.steps % self.steps_per_decision == 0:
+                summary = (
+                    self.window[-1] if self.window_loss == "last" else float(np.mean(self.window))
+                )
+                self.window = []
+                progress = self.steps / self.total_steps
+                obs = self.builder.observe(self.loss0, summary, self._lr, progress)
+                self._lr = self._decide(obs)
+        super().step()
+
+    def get_lr(self) -> list[float | Tensor]:
+        """The current decision's learning rate for every group."""
+        return [self._lr * r for r in self.ratios]

@@ -1,0 +1,133 @@
+"""PolicyScheduler: an agent in a plain torch loop sets the lrs it would set in its env."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from stable_baselines3 import PPO
+
+from lrrl.harness import make_env, split_env_config
+from lrrl.schedulers import OBSERVATION_BUILDERS, PolicyScheduler
+
+
+def _config() -> dict[str, Any]:
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["debug=smoke", "logger=none"])
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory holding an (untrained, but observation-sensitive) PPO agent."""
+    torch.manual_seed(0)
+    config = _config()
+    env_id, kwargs = split_env_config(config["env"])
+    env = make_env(env_id, **kwargs)
+    model = PPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [16]}, device="cpu")
+    # Spread the mean action over the range so the lrs react to the observation.
+    with torch.no_grad():
+        model.policy.action_net.weight.mul_(50.0)
+    folder = tmp_path_factory.mktemp("run")
+    (folder / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(config), folder / ".hydra" / "config.yaml")
+    model.save(folder / "model.zip")
+    env.close()
+    return folder
+
+
+def _env_rollout(run_dir: Path, instance: str, seed: int) -> dict[str, list[float]]:
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    env_id, kwargs = split_env_config(config["env"])  # type: ignore[index]
+    env = make_env(env_id, **kwargs)
+    model = PPO.load(run_dir / "model.zip", device="cpu")
+    obs, info = env.reset(seed=seed, options={"instance": instance})
+    out = {"lr": [], "loss": [info["loss"]], "bound": [info["lr_bound"]]}
+    out["noise"] = [info["noise_ratio"]]
+    done = False
+    while not done:
+        action, _ = model.predict(obs, deterministic=True)
+        obs, _, terminated, truncated, info = env.step(action)
+        out["lr"].append(info["lr"])
+        out["loss"].append(info["loss"])
+        out["bound"].append(info["lr_bound"])  # the bound of the *next* decision's clip
+        out["noise"].append(info["noise_ratio"])
+        done = terminated or truncated
+    env.close()
+    return out
+
+
+def test_same_lrs_as_the_agent_in_its_env(run_dir: Path) -> None:
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    spa, horizon = int(config.env.steps_per_action), int(config.env.horizon)
+    env_id, kwargs = split_env_config(OmegaConf.to_container(config.env))  # type: ignore[arg-type]
+    env = make_env(env_id, **kwargs)
+    instance = env.unwrapped.instances("test")[0].name
+    env.close()
+    ref = _env_rollout(run_dir, instance, seed=3)
+    assert len(set(np.round(np.log(ref["lr"]) - np.log(ref["bound"][:-1]), 6))) > 1
+
+    # info["lr_bound"] of step t is the bound that clipped it (set after step t - 1);
+    # the bound after the last decision is never used.
+    decision = {"t": 0}
+    bounds, noises = ref["bound"][1:] + [ref["bound"][-1]], ref["noise"]
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = PolicyScheduler(
+        opt,
+        run_dir,
+        total_steps=spa * horizon,
+        steps_per_decision=spa,
+        lr_bound=lambda: bounds[decision["t"]],
+        noise_ratio=lambda: noises[decision["t"]],
+        loss0=ref["loss"][0],
+        window_loss="last",
+    )
+    seen = []
+    for t in range(horizon):
+        seen.append(opt.param_groups[0]["lr"])
+        decision["t"] = t + 1
+        for k in range(spa):
+            opt.step()
+            # only the window's last loss counts with window_loss="last"
+            sched.step(ref["loss"][t + 1] if k == spa - 1 else math.nan)
+    assert seen == ref["lr"]
+    assert sched.decisions[:horizon] == ref["lr"]
+
+
+def test_without_a_bound_the_reference_lr_is_the_clip(run_dir: Path) -> None:
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [param], "lr": 0.05}])
+    sched = PolicyScheduler(opt, run_dir, total_steps=40)
+    assert sched.steps_per_decision == 5  # 40 steps over the env's horizon of 8 decisions
+    lrs = []
+    for step in range(40):
+        loss = (param - 1.0).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step(loss)
+        lrs.append(sched.get_last_lr()[0])
+        assert 0.05 * 0.01 * (1 - 1e-9) <= lrs[-1] <= 0.05, step
+    assert len(sched.decisions) == 9
+
+
+def test_bad_run_dir_and_unknown_env(tmp_path: Path, run_dir: Path) -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match="model.zip is missing"):
+        (tmp_path / ".hydra").mkdir()
+        (tmp_path / ".hydra" / "config.yaml").write_text("env: {id: x}\nagent: {}\n")
+        PolicyScheduler(opt, tmp_path, total_steps=10)
+    config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    config.env.id = "lrrl/Unknown-v0"
+    OmegaConf.save(config, tmp_path / ".hydra" / "config.yaml")
+    (tmp_path / "model.zip").write_bytes((run_dir / "model.zip").read_bytes())
+    with pytest.raises(ValueError, match="register_observation_builder"):
+        PolicyScheduler(opt, tmp_path, total_steps=10)
+    assert "lrrl/NMF-v0" in OBSERVATION_BUILDERS
