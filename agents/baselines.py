@@ -164,21 +164,11 @@ class ReduceOnPlateau:
         )
 
 
-def greedylr_class() -> type | None:
-    """The GreedyLR scheduler class: ``lrrl.schedulers.GreedyLR``, else transformers' (same
-    contract, see DESIGN), else ``None``."""
-    try:
-        from lrrl.schedulers import GreedyLR as cls  # type: ignore[attr-defined]
+def greedylr_class() -> type:
+    """:class:`lrrl.schedulers.GreedyLR` (imported late: it pulls in the scheduler module)."""
+    from lrrl.schedulers import GreedyLR
 
-        return cls
-    except ImportError:
-        pass
-    try:
-        from transformers.optimization import GreedyLR as cls  # type: ignore[no-redef]
-
-        return cls
-    except ImportError:
-        return None
+    return GreedyLR
 
 
 @dataclass(frozen=True)
@@ -212,8 +202,6 @@ class GreedyLRSchedule:
 
     def start(self) -> _TorchRunner:
         factory = self.factory or greedylr_class()
-        if factory is None:
-            raise RuntimeError(unavailable("greedylr", None) or "GreedyLR is unavailable")
         kwargs = self.scheduler_kwargs()
         return _TorchRunner(self.lr, lambda opt: factory(opt, **kwargs))
 
@@ -247,8 +235,6 @@ SCHEDULES: dict[str, type] = {
 
 def unavailable(kind: str, env: Any | None) -> str | None:
     """Why baseline ``kind`` cannot run (in ``env``, when given), or ``None`` if it can."""
-    if kind == "greedylr" and greedylr_class() is None:
-        return "greedylr skipped: neither lrrl.schedulers.GreedyLR nor transformers' is importable"
     if kind == "follow_bound" and env is not None:
         clip = getattr(env.unwrapped, "clip", math.inf)
         if not math.isfinite(clip):

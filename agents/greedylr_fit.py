@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from lrrl.agents.baselines import GreedyLRSchedule, ScheduleController
 from lrrl.schedulers.greedylr import GREEDYLR_DEFAULTS, replay_greedylr
 
 __all__ = ["FIT_PARAMS", "FitResult", "fit_greedylr", "schedule_lrs"]
@@ -369,42 +370,13 @@ def fit_greedylr(
     )
 
 
-class GreedyLRController:
+def greedylr_controller(name: str, params: dict[str, Any], initial_lr: float) -> ScheduleController:
     """Plays GreedyLR in an lrrl env, one ``step(loss)`` per decision (as the fit replays it).
 
-    Decision 0 requests ``initial_lr``; before decision ``t >= 1`` the scheduler steps with
-    the loss after decision ``t - 1`` (``info["loss"]``) and decision ``t`` requests its lr
-    exactly through ``env.request_lr`` (the env's clipping to its bound still applies).
-    GreedyLR itself runs as :class:`lrrl.schedulers.GreedyLR` on a one-parameter optimizer,
-    so what is measured here is what a user gets from the drop-in scheduler.
+    Decision 0 requests ``initial_lr``; before decision ``t >= 1`` the scheduler steps with the
+    loss after decision ``t - 1`` and decision ``t`` requests its lr exactly through
+    ``env.request_lr`` (the env's clipping to its bound still applies). GreedyLR runs as
+    :class:`lrrl.schedulers.GreedyLR` on a one-parameter optimizer, so what is measured here is
+    what a user gets from the drop-in scheduler.
     """
-
-    def __init__(self, name: str, params: dict[str, Any], initial_lr: float) -> None:
-        self.name = name
-        self.initial_lr = float(initial_lr)
-        self.scheduler_kwargs = dict(params)
-        self.params: dict[str, Any] = {
-            "kind": "greedylr",
-            "initial_lr": self.initial_lr,
-            **self.scheduler_kwargs,
-        }
-        self._scheduler: Any = None
-        self._first = True
-
-    def reset(self, env: Any, info: dict[str, Any]) -> None:
-        import torch
-
-        from lrrl.schedulers import GreedyLR
-
-        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=self.initial_lr)
-        self._scheduler = GreedyLR(optimizer, **self.scheduler_kwargs)
-        self._first = True
-
-    def act(self, obs: np.ndarray, info: dict[str, Any], env: Any) -> np.ndarray:
-        if not self._first:
-            self._scheduler.step(float(info["loss"]))
-        self._first = False
-        lr = float(self._scheduler.get_last_lr()[0])
-        unwrapped = env.unwrapped
-        unwrapped.request_lr(lr)
-        return unwrapped.action_for_lr(lr)
+    return ScheduleController(name, GreedyLRSchedule(lr=float(initial_lr), **params))

@@ -33,8 +33,8 @@ from rich.table import Table
 
 from lrrl.agents.greedylr_fit import (
     FitResult,
-    GreedyLRController,
     fit_greedylr,
+    greedylr_controller,
     schedule_lrs,
 )
 from lrrl.agents.sb3 import AgentController, load_agent
@@ -111,8 +111,8 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
     default_lr = _tune_default_lr(env, run_eval.get("lr_grid") or [], fit_runs, recorded)
     controllers = {
         algo: agent,
-        "greedylr_distilled": GreedyLRController("greedylr_distilled", fit.params, fit.initial_lr),
-        "greedylr_default": GreedyLRController("greedylr_default", {}, default_lr),
+        "greedylr_distilled": greedylr_controller("greedylr_distilled", fit.params, fit.initial_lr),
+        "greedylr_default": greedylr_controller("greedylr_default", {}, default_lr),
     }
     episodes = {name: evaluate(env, c, check_runs) for name, c in controllers.items()}
     env.close()
@@ -183,7 +183,7 @@ def _tune_default_lr(
     fallback = float(np.exp(np.mean(np.log(np.concatenate([e.lr for e in recorded])))))
     best, best_score = fallback, math.inf
     for lr in [fallback, *[float(x) for x in lr_grid]]:
-        eps = evaluate(env, GreedyLRController("greedylr_default", {}, lr), runs)
+        eps = evaluate(env, greedylr_controller("greedylr_default", {}, lr), runs)
         value = float(np.mean([e.log_loss_ratio for e in eps]))
         if value < best_score:
             best, best_score = lr, value

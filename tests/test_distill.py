@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from lrrl.agents.greedylr_fit import GreedyLRController, fit_greedylr, schedule_lrs
+from lrrl.agents.greedylr_fit import fit_greedylr, greedylr_controller, schedule_lrs
 from lrrl.distill import distill
 from lrrl.harness import make_env, rollout, split_env_config
 from lrrl.pipeline import run_experiment
@@ -85,7 +85,7 @@ def test_controller_plays_what_the_fit_replays(distilled: tuple[Path, dict[str, 
     config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
     env_id, kwargs = split_env_config(config["env"])  # type: ignore[index]
     env = make_env(env_id, **kwargs)
-    ctrl = GreedyLRController("g", spec["params"], spec["initial_lr"])
+    ctrl = greedylr_controller("g", spec["params"], spec["initial_lr"])
     ep = rollout(env, ctrl, env.unwrapped.instances("test")[0], seed=5)
     requested = schedule_lrs(ep.loss, len(ep.lr), spec["initial_lr"], **spec["params"])[0]
     clip = np.array(ep.lr_bound) * env.unwrapped.bound_scale
