@@ -17,6 +17,7 @@ option is one line on stderr (exit status 2) and leaves nothing on disk.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from lrrl import checkpoint
 from lrrl.cli import ConfigError, check_group_choices, fail
 from lrrl.pipeline import run_experiment, validate
+
+# The process id in default run dir names: two runs started in the same microsecond differ.
+OmegaConf.register_new_resolver("lrrl_pid", os.getpid, replace=True)
 
 #: Overrides ``resume=DIR`` accepts besides itself: they change no result.
 RESUME_OVERRIDES = ("progress_bar", "torch_threads")
