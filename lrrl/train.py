@@ -92,9 +92,11 @@ def resume(run_dir: str, extra: list[str]) -> None:
     if checkpoint.is_finished(path):
         print(f"lrrl.train: {run_dir} is already finished; nothing to do", file=sys.stderr)
         return
-    config: dict[str, Any] = OmegaConf.to_container(  # type: ignore[assignment]
-        OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(allowed)), resolve=True
-    )
+    try:
+        saved = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(allowed))
+        config: dict[str, Any] = OmegaConf.to_container(saved, resolve=True)  # type: ignore[assignment]
+    except Exception as err:  # omegaconf and yaml raise many types for a bad file
+        raise ConfigError(f"{config_path}: cannot read the saved config: {_error(err)}") from None
     if not checkpoint.has_checkpoint(path):
         # Killed before its first checkpoint (or run with agent.checkpoint_every=0): the
         # only way on is from the start, with the same config and seed.
