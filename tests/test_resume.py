@@ -82,6 +82,10 @@ def test_resume_from_a_checkpoint_is_deterministic(tmp_path):
     pb = PPO.load(b / "model.zip", device="cpu").policy.state_dict()
     pc = PPO.load(c / "model.zip", device="cpu").policy.state_dict()
     assert all(torch.equal(pb[k], pc[k]) for k in pb)
+    # the baselines do not depend on the agent: same as in the run that was never resumed
+    for name in ("constant", "step_decay", "follow_bound"):
+        path = Path("schedules") / f"{name}.json"
+        assert (b / path).read_bytes() == (first / path).read_bytes()
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path):
