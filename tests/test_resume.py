@@ -188,6 +188,7 @@ def test_sigkilled_run_resumes_to_its_budget(tmp_path):
     assert _files(run_dir) == before
 
 
+@pytest.mark.slow
 def test_concurrent_runs_get_different_dirs(tmp_path):
     """Two runs started at once resolve different run dirs (the pid is part of the name)."""
     procs = [
