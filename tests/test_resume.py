@@ -210,3 +210,34 @@ def test_concurrent_runs_get_different_dirs(tmp_path):
         dirs.append(line.split("dir:", 1)[1].strip())
         assert dirs[-1].endswith(f"-{proc.pid}")
     assert dirs[0] != dirs[1]
+
+
+def test_resume_restores_the_envs_generators(tmp_path):
+    """The first observation after a resume comes from the saved env generators, not the seed."""
+    import pickle
+
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from lrrl.harness import make_env, split_env_config
+
+    cfg = config("agent.total_timesteps=128", "agent.checkpoint_every=64")
+    run_experiment(cfg, tmp_path)
+    folder = tmp_path / "checkpoint"
+    manifest = checkpoint.read_manifest(folder)
+    saved = pickle.loads((folder / manifest["files"]["rng"]).read_bytes())
+    env_id, kwargs = split_env_config(cfg["env"])
+
+    def venv():
+        return make_vec_env(lambda: make_env(env_id, **kwargs), n_envs=2, seed=cfg["seed"])
+
+    model, state = checkpoint.load_checkpoint(folder, PPO, venv(), "cpu")
+    assert state.timesteps == manifest["timesteps"] and state.episodes == manifest["episodes"]
+    for i, generator in enumerate(saved["envs"]):
+        env = make_env(env_id, **kwargs)
+        env.unwrapped.np_random = generator
+        obs, _ = env.reset()
+        assert (model._last_obs[i] == obs).all()
+    fresh = venv().reset()
+    assert not (fresh == model._last_obs).all()
+    # and the global generators are the saved ones
+    assert torch.equal(torch.get_rng_state(), saved["torch"])
