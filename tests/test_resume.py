@@ -241,3 +241,21 @@ def test_resume_restores_the_envs_generators(tmp_path):
     assert not (fresh == model._last_obs).all()
     # and the global generators are the saved ones
     assert torch.equal(torch.get_rng_state(), saved["torch"])
+
+
+def test_resume_without_a_checkpoint_trains_from_the_start(tmp_path, capsys):
+    """A run killed before its first checkpoint (or run with checkpoint_every=0) starts over."""
+    from omegaconf import OmegaConf
+
+    from lrrl.train import resume
+
+    cfg = config("agent.checkpoint_every=0")
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(cfg), tmp_path / ".hydra" / "config.yaml")
+    resume(str(tmp_path), [])
+    assert "has no checkpoint; training from the start" in capsys.readouterr().err
+    metrics = assert_complete(tmp_path)
+    assert metrics["train"]["resumed_from"] is None
+    assert not (tmp_path / "checkpoint").exists()
+    with pytest.raises(ConfigError, match="takes no other overrides"):
+        resume(str(tmp_path), ["seed=3"])
