@@ -7,6 +7,7 @@ data, an infinite loss), must end the episode with ``terminated=True`` and
 
 from __future__ import annotations
 
+import json
 import math
 
 import gymnasium as gym
@@ -20,6 +21,7 @@ import lrrl  # noqa: F401
 from lrrl.envs import nmf_ops
 from lrrl.envs.nmf_instances import NMFInstance
 from lrrl.pipeline import run_experiment
+from lrrl.schedule import load_schedule
 
 SMALL = dict(shape=(30, 24), rank=4, steps_per_action=3, horizon=6)
 #: Log-learning-rate actions far beyond any stable learning rate, with clipping disabled.
@@ -99,7 +101,11 @@ def test_always_diverging_training_reaches_its_budget_and_reports_the_rate(tmp_p
     ppo = metrics["schedulers"]["ppo"]
     assert ppo["divergence_rate"] == 1.0 and ppo["final_loss"] == math.inf
     assert 0.0 <= metrics["schedulers"]["constant"]["divergence_rate"] <= 1.0
-    assert (tmp_path / "schedule.json").is_file() and (tmp_path / "metrics.json").is_file()
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["train"]["divergence_rate"] == 1.0
+    assert on_disk["schedulers"]["ppo"]["divergence_rate"] == 1.0
+    assert on_disk["schedulers"]["ppo"]["final_loss"] == "inf"  # JSON has no infinity
+    assert load_schedule(tmp_path / "schedule.json").episodes[0].diverged
 
 
 def test_divergence_rate_counts_only_diverged_episodes(tmp_path):
