@@ -105,6 +105,18 @@ def lock_run_dir(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def check_fresh(run_dir: Path) -> None:
+    """Refuse to start a new run in a dir that holds a run (finished, resumable or running)."""
+    if is_finished(run_dir) or has_checkpoint(run_dir):
+        raise ConfigError(
+            f"run dir {str(run_dir)!r} already holds a run: "
+            f"continue it with resume={run_dir} or choose another hydra.run.dir"
+        )
+    if (run_dir / LOCK).is_file():
+        with lock_run_dir(run_dir):  # fails at once while another process holds it
+            pass
+
+
 def is_finished(run_dir: Path) -> bool:
     """Whether a run dir holds a finished run (``metrics.json`` is written last)."""
     return (run_dir / "metrics.json").is_file()

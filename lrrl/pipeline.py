@@ -224,14 +224,11 @@ def run_experiment(
     """
     plan = validate(config)
     run_dir = Path(run_dir)
+    if not resume:
+        checkpoint.check_fresh(run_dir)
     with checkpoint.lock_run_dir(run_dir):
         if resume:
             checkpoint.read_manifest(run_dir / checkpoint.FOLDER)
-        elif checkpoint.is_finished(run_dir) or checkpoint.has_checkpoint(run_dir):
-            raise ConfigError(
-                f"run dir {str(run_dir)!r} already holds a run: "
-                f"continue it with resume={run_dir} or choose another hydra.run.dir"
-            )
         return _run(plan, config, run_dir, argv, resume)
 
 

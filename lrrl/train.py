@@ -115,6 +115,10 @@ def main() -> None:
             return
         if not any(a in ("-m", "--multirun") or a.startswith("-") for a in args):
             check_config(args)
+            # Hydra would rewrite .hydra/ of a run already there before run_experiment sees it.
+            for arg in args:
+                if arg.startswith("hydra.run.dir="):
+                    checkpoint.check_fresh(Path(arg.split("=", 1)[1]))
     except ConfigError as err:
         fail("lrrl.train", err)
     _hydra_main()

@@ -101,6 +101,7 @@ CASES = [
     ("train", ["resume=MISSING"], None, "resume="),
     ("train", ["resume=RUN", "env.rank=3"], None, "takes no other overrides"),
     ("train", ["resume=RUN"], _unfinished_with_corrupt_manifest, "corrupt checkpoint manifest"),
+    ("train", ["debug=smoke", "hydra.run.dir=RUN"], None, "already holds a run"),
     ("evaluate", ["run_dir=MISSING"], None, "run_dir="),
     ("evaluate", ["run_dir=RUN"], _corrupt_config, "cannot read the run's config"),
     ("evaluate", ["run_dir=RUN"], _truncate_model, "not a saved agent"),
