@@ -74,6 +74,40 @@ def check_config(args: list[str]) -> dict[str, Any]:
     return config  # type: ignore[return-value]
 
 
+#: Sweeps with more jobs than this are checked by each job instead of up front.
+MAX_CHECKED_JOBS = 64
+
+
+def sweep_jobs(args: list[str]) -> list[list[str]] | None:
+    """The override lists of every job a ``-m`` command line expands to (``None``: not enumerable).
+
+    Comma lists and ``range()`` are expanded as Hydra's basic sweeper does; sweeps a sweeper
+    samples (``interval()``) or more than ``MAX_CHECKED_JOBS`` jobs are left to the jobs.
+    """
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        choices = []
+        for override in parsed:
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                values = list(override.sweep_string_iterator())
+            else:
+                values = [override.get_value_element_as_str()]
+            choices.append([f"{key}={value}" for value in values])
+    except HydraException as err:
+        if "enumerate" in str(err):
+            return None
+        raise _error(err) from None
+    jobs = list(itertools.islice(itertools.product(*choices), MAX_CHECKED_JOBS + 1))
+    return None if len(jobs) > MAX_CHECKED_JOBS else [list(job) for job in jobs]
+
+
 def resume(run_dir: str, extra: list[str]) -> None:
     """Continue the run stored in ``run_dir`` with its saved config; finished runs are left be."""
     path = Path(run_dir)
@@ -113,7 +147,11 @@ def main() -> None:
         if resumes:
             resume(resumes[-1], [a for a in args if not a.startswith("resume=")])
             return
-        if not any(a in ("-m", "--multirun") or a.startswith("-") for a in args):
+        flags = [a for a in args if a.startswith("-")]
+        if flags and set(flags) <= {"-m", "--multirun"}:
+            for job in sweep_jobs(args) or []:
+                check_config(job)
+        elif not flags:
             check_config(args)
             # Hydra would rewrite .hydra/ of a run already there before run_experiment sees it.
             for arg in args:

@@ -81,6 +81,15 @@ def test_bad_train_config_fails_before_the_run_dir_exists(tmp_path, override, ne
     assert not (tmp_path / "outputs").exists()
 
 
+def test_bad_value_in_a_sweep_fails_before_any_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    done = _cli(
+        "train", "-m", "debug=smoke", "env.rank=2,500", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path
+    )
+    _one_line_error(done, "train", "rank=500")
+    assert not sweep_dir.exists()
+
+
 def _corrupt_config(run_dir: Path) -> None:
     path = run_dir / ".hydra" / "config.yaml"
     path.write_text(path.read_text()[:100] + "\n  : [unbalanced\n")
