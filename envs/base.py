@@ -56,10 +56,18 @@ class LRControlEnv(gym.Env):
     _lr_request: float | None = None
 
     def request_lr(self, lr: float) -> None:
-        """Apply exactly ``lr`` (then clipped to the bound) at the next step, ignoring its action."""
-        lr = float(lr)
-        require(lr > 0 and not math.isnan(lr), "lr", lr, "a positive learning rate")
-        self._lr_request = lr
+        """Apply exactly ``lr`` (then clipped to the bound) at the next step, ignoring its action.
+
+        Unlike an action (where NaN means the lowest learning rate and out-of-range values
+        saturate), a requested learning rate is the caller's exact wish: anything but a
+        positive finite number raises a one-line ``ValueError``.
+        """
+        try:
+            value = float(lr)
+        except (TypeError, ValueError):
+            value = math.nan
+        require(0 < value < math.inf, "lr", lr, "a positive finite learning rate")
+        self._lr_request = value
 
     def _take_lr_request(self) -> float | None:
         lr, self._lr_request = self._lr_request, None

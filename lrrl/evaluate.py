@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,13 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
             f"run_dir={str(run_dir)!r} is invalid: it has no model.zip "
             "(expected a finished lrrl.train run dir)"
         )
-    config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    if not zipfile.is_zipfile(run_dir / "model.zip"):
+        raise ConfigError(f"{run_dir / 'model.zip'}: not a saved agent (truncated or corrupt?)")
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    except Exception as err:  # omegaconf and yaml raise many types for a bad file
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{config_path}: cannot read the run's config: {message}") from None
     if not isinstance(config, dict) or not {"env", "agent", "eval"} <= set(config):
         raise ConfigError(
             f"run_dir={str(run_dir)!r} is invalid: its config lacks env/agent/eval sections"

@@ -17,17 +17,19 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lrrl import report
+from lrrl import checkpoint, report
 from lrrl.agents.baselines import SCHEDULES, default_grid
 from lrrl.agents.sb3 import AgentController, algo_class, check_hyperparams, make_agent
 from lrrl.cli import ConfigError
-from lrrl.envs.base import as_int
+from lrrl.envs.base import as_int, check_options
 from lrrl.harness import Episode, EvalSettings, compare, make_env, split_env_config, summarise
 from lrrl.outputs import plot_schedules, schedule_payload, write_json
 from lrrl.seeding import seed_everything
 from lrrl.tracking import TrackingCallback, make_tracker
 
 VEC_ENVS = ("dummy", "subproc")
+#: Top-level keys of a composed ``train`` config.
+CONFIG_KEYS = ("seed", "torch_threads", "progress_bar", "eval", "env", "agent", "logger")
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Plan:
     n_envs: int
     baselines: list[str]
     lr_grid: list[float]
+    checkpoint_every: int = 10_000  # env steps between checkpoints; 0: none
 
 
 def _check(condition: bool, key: str, value: Any, accepted: str) -> None:
@@ -52,6 +55,7 @@ def _check(condition: bool, key: str, value: Any, accepted: str) -> None:
 def validate(config: dict[str, Any]) -> Plan:
     """Check the whole config (building a probe env) and raise :class:`ConfigError` early."""
     try:
+        check_options("config", config, CONFIG_KEYS)
         env_id, env_kwargs = split_env_config(config["env"])
         probe = make_env(env_id, **env_kwargs)
         probe.close()
@@ -63,6 +67,7 @@ def validate(config: dict[str, Any]) -> Plan:
         total = as_int("agent.total_timesteps", agent.get("total_timesteps"), 1)
         n_envs = as_int("agent.n_envs", agent.get("n_envs", 1), 1)
         as_int("torch_threads", config.get("torch_threads", 1), 1)
+        checkpoint_every = as_int("agent.checkpoint_every", agent.get("checkpoint_every", 0), 0)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     _check(
@@ -109,12 +114,20 @@ def validate(config: dict[str, Any]) -> Plan:
         logger.get("name") in ("none", "wandb"), "logger", logger.get("name"), "'none' or 'wandb'"
     )
     return Plan(
-        env_id, env_kwargs, algo, seed, total, n_envs, baselines, [float(x) for x in lr_grid]
+        env_id,
+        env_kwargs,
+        algo,
+        seed,
+        total,
+        n_envs,
+        baselines,
+        [float(x) for x in lr_grid],
+        checkpoint_every,
     )
 
 
 def _train_agent(
-    plan: Plan, config: dict[str, Any], tracker: Any, run_dir: Path
+    plan: Plan, config: dict[str, Any], tracker: Any, run_dir: Path, resume: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
@@ -128,22 +141,36 @@ def _train_agent(
         seed=plan.seed,
         vec_env_cls=vec_cls,
     )
-    model = make_agent(
-        plan.algo,
-        venv,
-        seed=plan.seed,
-        hyperparams=agent.get("hyperparams"),
-        policy=agent.get("policy"),
-        device=agent.get("device", "cpu"),
-    )
+    folder = run_dir / checkpoint.FOLDER
+    if resume:
+        model, state = checkpoint.load_checkpoint(
+            folder, algo_class(plan.algo), venv, agent.get("device", "cpu")
+        )
+    else:
+        model = make_agent(
+            plan.algo,
+            venv,
+            seed=plan.seed,
+            hyperparams=agent.get("hyperparams"),
+            policy=agent.get("policy"),
+            device=agent.get("device", "cpu"),
+        )
+        state = checkpoint.TrainState()
     callback = TrackingCallback(tracker)
+    callback.episodes, callback.divergences = state.episodes, state.divergences
+    saver = checkpoint.CheckpointCallback(
+        folder, plan.checkpoint_every, callback, state.wall_time_s
+    )
     start = time.perf_counter()
     model.learn(
-        total_timesteps=plan.total_timesteps,
-        callback=callback,
+        total_timesteps=max(0, plan.total_timesteps - int(model.num_timesteps)),
+        callback=[callback, saver],
         progress_bar=bool(config.get("progress_bar")),
+        reset_num_timesteps=not resume,
     )
-    wall = time.perf_counter() - start
+    if plan.checkpoint_every > 0:
+        saver.save()  # a kill during the comparison resumes straight into it
+    wall = state.wall_time_s + time.perf_counter() - start
     model.save(run_dir / "model.zip")
     venv.close()
     stats = {
@@ -153,6 +180,7 @@ def _train_agent(
         "divergence_rate": callback.divergences / max(1, callback.episodes),
         "wall_time_s": wall,
         "env_steps_per_s": model.num_timesteps / wall if wall > 0 else math.nan,
+        "resumed_from": state.timesteps if resume else None,
     }
     return model, stats
 
@@ -186,22 +214,34 @@ def _table(summaries: dict[str, dict[str, Any]], details: dict[str, Any], split:
 
 
 def run_experiment(
-    config: dict[str, Any], run_dir: str | Path, argv: list[str] | None = None
+    config: dict[str, Any], run_dir: str | Path, argv: list[str] | None = None, resume: bool = False
 ) -> dict[str, Any]:
     """Train an agent, compare it with tuned baselines and write the run's outputs.
 
-    Returns the metrics written to ``metrics.json`` (``objective`` included).
+    With ``resume=True`` training continues from ``run_dir/checkpoint/`` (see
+    :mod:`lrrl.checkpoint`). The run dir is locked for the whole run. Returns the metrics
+    written to ``metrics.json`` (``objective`` included).
     """
     plan = validate(config)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        checkpoint.check_fresh(run_dir)
+    with checkpoint.lock_run_dir(run_dir):
+        if resume:
+            checkpoint.read_manifest(run_dir / checkpoint.FOLDER)
+        return _run(plan, config, run_dir, argv, resume)
+
+
+def _run(
+    plan: Plan, config: dict[str, Any], run_dir: Path, argv: list[str] | None, resume: bool
+) -> dict[str, Any]:
     seed_everything(plan.seed, int(config.get("torch_threads", 1)))
     console = Console(stderr=True)
     env_name = config["env"].get("name", plan.env_id)
     run_name = f"{env_name}__{plan.algo}__{plan.seed}__{int(time.time())}"
     tracker = make_tracker(config.get("logger") or {}, str(run_dir), config, run_name)
     try:
-        model, train_stats = _train_agent(plan, config, tracker, run_dir)
+        model, train_stats = _train_agent(plan, config, tracker, run_dir, resume)
         console.log(
             f"trained {plan.algo} for {train_stats['timesteps']} env steps in {train_stats['wall_time_s']:.1f} s"
         )

@@ -245,3 +245,24 @@ def test_stretch_keeps_length_equal_and_shape_longer(schedule_file: Path) -> Non
     assert lrs == pytest.approx(long.tolist())
     with pytest.raises(ValueError, match="total_steps"):
         stretch_log_lr(steps, 0)
+
+
+schedule_like = st.fixed_dictionaries(
+    {"schema": st.just(SCHEMA_NAME)},
+    optional={
+        key: json_values | st.lists(json_values, max_size=4)
+        for key in ("lr", "loss", "lr_bound", "steps_per_action", "seed", "env", "episodes")
+    },
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=json_values | schedule_like)
+def test_any_json_document_loads_or_raises_value_error(doc: Any) -> None:
+    """Arbitrary JSON, or objects with the right schema name and arbitrary fields."""
+    try:
+        loaded = parse_schedule(doc, "any.json")
+    except ValueError as err:
+        assert "any.json" in str(err) and "\n" not in str(err)
+        return
+    assert len(loaded.loss) == len(loaded.lr) + 1

@@ -11,6 +11,7 @@ adds one, e.g. for ``lrrl/DNN-v0``).
 from __future__ import annotations
 
 import math
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,6 +154,8 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], Path]:
                 f"run_dir={str(run_dir)!r} is invalid: {needed.relative_to(run_dir)} is missing "
                 "(expected a directory written by python -m lrrl.train)"
             )
+    if not zipfile.is_zipfile(model_path):
+        raise ValueError(f"{model_path}: not a saved agent (truncated or corrupt?)")
     try:
         config = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
     except Exception as err:  # omegaconf raises many types for a bad file
