@@ -51,10 +51,11 @@ class NMFObservation:
     """Observations of ``lrrl/NMF-v0`` (see :func:`lrrl.envs.nmf.nmf_observation`).
 
     The env knows its stability bound; a generic loop does not. ``lr_bound`` supplies it (a
-    number, or a function called at each decision); without one the bound is the constant
-    ``reference_lr``, so the agent schedules relative to that learning rate: in the default
-    ``action_mode="bound"`` it picks between ``lr_floor * reference_lr`` and
-    ``reference_lr`` (the clip). ``noise_ratio`` (the env's gradient-noise feature) is 0
+    number, or a function called at each decision); without one the clip is the constant
+    ``reference_lr`` (the stand-in bound is ``reference_lr / bound_scale``), so the agent
+    schedules relative to that learning rate: in ``action_mode="bound"`` it picks between
+    ``lr_floor * reference_lr`` and ``reference_lr``; in ``"log_lr"`` it picks within
+    ``lr_range``, capped at ``reference_lr``. ``noise_ratio`` (the env's gradient-noise feature) is 0
     unless given. These stand-ins are what limits transfer: the agent sees features that
     mean what they meant in training only when the bound and noise ratio are real.
     """
@@ -71,7 +72,8 @@ class NMFObservation:
         self.env = env
         self.has_bound = env.get("bound", "noisy") != "none"
         self.bound_scale = float(env.get("bound_scale", 1.0))
-        self.lr_bound_source = lr_bound if lr_bound is not None else float(reference_lr)
+        stand_in = float(reference_lr) / self.bound_scale if self.bound_scale > 0 else reference_lr
+        self.lr_bound_source = lr_bound if lr_bound is not None else stand_in
         self.noise_source = noise_ratio
         self.history = HISTORY
         self.deltas = [0.0] * HISTORY
@@ -184,8 +186,9 @@ class PolicyScheduler(LRScheduler):
         steps_per_decision: optimizer steps per decision; default ``total_steps`` spread
             over the env's ``horizon`` decisions (at least 1).
         lr_bound: what the env's stability bound was (NMF): a float or a function called
-            at each decision; default the constant ``reference_lr``.
-        reference_lr: the stand-in bound; default the optimizer's starting lr of group 0.
+            at each decision; default the constant ``reference_lr / bound_scale``.
+        reference_lr: the stand-in clip (the highest lr the agent may set without a real
+            bound); default the optimizer's starting lr of group 0.
         noise_ratio: the env's gradient-noise feature (NMF): float or function; default 0.
         loss0: the loss before training; default the first loss reported.
         window_loss: ``"mean"`` or ``"last"`` loss of a window stands for the decision's loss.
