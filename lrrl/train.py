@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from lrrl.cli import ConfigError, check_group_choices, fail
+from lrrl.cli import ConfigError, check_group_choices, check_launcher, fail
 from lrrl.pipeline import run_experiment
 
 
@@ -39,6 +39,7 @@ def main() -> None:
     """Console entry point: reject unknown config groups in one line, then run Hydra."""
     try:
         check_group_choices(sys.argv[1:])
+        check_launcher(sys.argv[1:])
     except ConfigError as err:
         fail("lrrl.train", err)
     _hydra_main()
