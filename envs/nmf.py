@@ -483,10 +483,14 @@ class NMFEnv(LRControlEnv):
                 noisy=self.bound == "noisy",
                 R=R,
             )
-        self._lr_bound = float(terms.lr_bound)
-        self._noise_ratio = float(terms.noise_ratio)
-        finite = bool(torch.isfinite(self._W).all() and torch.isfinite(self._H).all())
-        self._healthy = finite and math.isfinite(self._loss) and 0.0 < self._lr_bound < math.inf
+            finite = torch.isfinite(self._W).all() & torch.isfinite(self._H).all()
+            summary = torch.stack([terms.lr_bound, terms.noise_ratio, finite.to(terms.lr_bound)])
+        # One device-to-host transfer for the three numbers.
+        lr_bound, noise_ratio, finite = summary.tolist()
+        self._lr_bound, self._noise_ratio = lr_bound, noise_ratio
+        self._healthy = (
+            bool(finite) and math.isfinite(self._loss) and 0.0 < self._lr_bound < math.inf
+        )
 
     def _observation(self) -> np.ndarray:
         return nmf_observation(
@@ -523,19 +527,20 @@ def nmf_observation(
     loss, loss0 = np.asarray(loss, dtype=np.float64), np.asarray(loss0, dtype=np.float64)
     lr_prev = np.asarray(lr_prev, dtype=np.float64)
     deltas = np.asarray(deltas, dtype=np.float64)
+    obs = np.empty((*deltas.shape[:-1], 8))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rel_loss = np.where(loss > 0, np.log(loss / loss0), -OBS_LIMIT)
+        obs[..., 0] = np.where(loss > 0, np.log(loss / loss0), -OBS_LIMIT)
+        obs[..., 1 : 1 + HISTORY] = deltas
         if lr_bound is None:
-            lr_rel = log_bound = np.zeros_like(loss)
+            obs[..., 4:6] = 0.0
         else:
             lr_bound = np.asarray(lr_bound, dtype=np.float64)
-            clip = bound_scale * lr_bound
-            lr_rel = np.where(lr_prev > 0, np.log(lr_prev / clip), 0.0)
-            log_bound = np.where(lr_bound > 0, np.log10(lr_bound), -OBS_LIMIT)
-    columns = [rel_loss, *np.moveaxis(deltas, -1, 0), lr_rel, log_bound, noise_ratio, progress]
-    obs = np.stack(np.broadcast_arrays(*columns), axis=-1).astype(np.float64)
-    obs = np.nan_to_num(obs, nan=0.0, posinf=OBS_LIMIT, neginf=-OBS_LIMIT)
-    return np.clip(obs, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
+            obs[..., 4] = np.where(lr_prev > 0, np.log(lr_prev / (bound_scale * lr_bound)), 0.0)
+            obs[..., 5] = np.where(lr_bound > 0, np.log10(lr_bound), -OBS_LIMIT)
+    obs[..., 6] = noise_ratio
+    obs[..., 7] = progress
+    np.nan_to_num(obs, copy=False, nan=0.0, posinf=OBS_LIMIT, neginf=-OBS_LIMIT)
+    return np.clip(obs, -OBS_LIMIT, OBS_LIMIT, out=obs).astype(np.float32)
 
 
 def nmf_lr_for_action(
