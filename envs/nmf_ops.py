@@ -69,9 +69,9 @@ def loss_from_residual(R: torch.Tensor) -> torch.Tensor:
 
 def largest_eigenvalue(G: torch.Tensor) -> torch.Tensor:
     """Largest eigenvalue of symmetric ``G``; ``inf`` where ``G`` is not finite (a blow-up)."""
-    finite = torch.isfinite(G).all(dim=(-2, -1))
-    if bool(finite.all()):
+    if bool(torch.isfinite(G).all()):
         return torch.linalg.eigvalsh(G)[..., -1]
+    finite = torch.isfinite(G).all(dim=(-2, -1))
     safe = torch.where(finite[..., None, None], G, torch.zeros_like(G))
     return torch.where(
         finite,
