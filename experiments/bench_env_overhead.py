@@ -11,6 +11,7 @@ The env step adds the stability bound, the observation, the reward and the info 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
@@ -94,8 +95,8 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available here")
     torch.set_num_threads(args.threads)
-    repeats = 30 if args.quick else 200
-    sizes = SIZES[:2] + SIZES[2:] if not args.quick else [SIZES[0], SIZES[2]]
+    repeats, rounds = (20, 3) if args.quick else (40, 10)
+    sizes = SIZES if not args.quick else [SIZES[0], SIZES[2]]
     variants = {
         "full gradient": dict(batch_size=None),
         "minibatch 16 + noise": dict(batch_size=16, noise_std=0.01),
@@ -115,8 +116,11 @@ def main() -> None:
                 **extra,
             )
             time_env(env, 5, args.device)  # warm-up
-            raw = min(time_raw(env, repeats, args.device) for _ in range(3))
-            step = min(time_env(env, repeats, args.device) for _ in range(3))
+            # Interleaved rounds, best of each: a shared machine's load hits both alike.
+            raw, step = math.inf, math.inf
+            for _ in range(rounds):
+                raw = min(raw, time_raw(env, repeats, args.device))
+                step = min(step, time_env(env, repeats, args.device))
             print(
                 f"{f'{m}x{n}, {r}':>14} {name:>22} {raw * 1e3:8.3f} {step * 1e3:8.3f} "
                 f"{(step / raw - 1) * 100:8.1f}%"
