@@ -55,6 +55,7 @@ def _compare_with_singles(kwargs, seed, steps, actions_fn, B=4, atol_obs=1e-5, r
                 assert info["lr"][i] == pytest.approx(si["lr"], rel=rtol)
                 assert info["inner_capped"][i] == si["inner_capped"]
                 assert info["diverged"][i] == si["diverged"]
+                assert info["clipped"][i] == si["clipped"]
             np.testing.assert_allclose(obs[i], o, atol=atol_obs)
             assert rewards[i] == pytest.approx(r, rel=rtol, abs=1e-9)
             assert info["lr_bound"][i] == pytest.approx(si["lr_bound"], rel=rtol)
