@@ -121,13 +121,13 @@ def stability_bound(
     r = W.shape[-1]
     eps = torch.finfo(V.dtype).tiny
     # One eigenvalue call for both r x r Gram matrices: L_W = ||H H^T||, L_H = ||W^T W||.
-    L_W, L_H = largest_eigenvalue(torch.stack([H @ H.mT, W.mT @ W])).unbind(0)
-    det_w, det_h = 2.0 / L_W.clamp_min(eps), 2.0 / L_H.clamp_min(eps)
-    deterministic = torch.minimum(det_w, det_h)
+    dets = 2.0 / largest_eigenvalue(torch.stack([H @ H.mT, W.mT @ W])).clamp_min(eps)
+    deterministic = dets.amin(dim=0)
     if noise_std == 0 and (batch_size is None or batch_size >= V.shape[-1]):
         # Exact gradients: rho = 1 for both blocks, so the gradient norms are not needed
         # (they would cost two more m x n x r products per decision).
         return BoundTerms(deterministic, deterministic, torch.zeros_like(deterministic))
+    det_w, det_h = dets.unbind(0)
     like = dict(dtype=V.dtype, device=V.device)
     m = torch.as_tensor(V.shape[-2] if m is None else m, **like)
     n = torch.as_tensor(V.shape[-1] if n is None else n, **like)
