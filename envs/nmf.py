@@ -395,17 +395,28 @@ class NMFEnv(LRControlEnv):
         cap = self.bound_scale if self.bound != "none" and self.safeguard else None
         lr_t = torch.tensor(lr, dtype=self.dtype, device=self.device)
         caps = []
-        n = self._V.shape[1]
         with torch.inference_mode():
+            draws = nmf_ops.draw(
+                self._gen,
+                self.steps_per_action,
+                tuple(self._V.shape),
+                self.rank,
+                self.batch_size,
+                self.noise_std,
+                self.dtype,
+                self.device,
+            )
             W, H = self._W, self._H
-            for _ in range(self.steps_per_action):
-                columns = None
-                if self.batch_size is not None and self.batch_size < n:
-                    columns = torch.randperm(n, generator=self._gen, device=self.device)[
-                        : self.batch_size
-                    ]
+            for k in range(self.steps_per_action):
                 W, H, min_cap = nmf_ops.inner_step(
-                    self._V, W, H, lr_t, cap, self.noise_std, columns, self._gen
+                    self._V,
+                    W,
+                    H,
+                    lr_t,
+                    cap,
+                    columns=None if draws.columns is None else draws.columns[k],
+                    noise_w=None if draws.noise_w is None else draws.noise_w[k],
+                    noise_h=None if draws.noise_h is None else draws.noise_h[k],
                 )
                 caps.append(min_cap)
             R = nmf_ops.residual(self._V, W, H)
@@ -472,10 +483,11 @@ class NMFEnv(LRControlEnv):
                 noisy=self.bound == "noisy",
                 R=R,
             )
-        self._lr_bound = float(terms.lr_bound)
-        self._noise_ratio = float(terms.noise_ratio)
-        finite = bool(torch.isfinite(self._W).all() and torch.isfinite(self._H).all())
-        self._healthy = finite and math.isfinite(self._loss) and 0.0 < self._lr_bound < math.inf
+            summary = torch.stack([terms.lr_bound, terms.noise_ratio])
+        # One device-to-host transfer. Non-finite factors make a Gram matrix non-finite, whose
+        # eigenvalue counts as inf, so the bound is 0 (or NaN): no separate finiteness check.
+        self._lr_bound, self._noise_ratio = summary.tolist()
+        self._healthy = math.isfinite(self._loss) and 0.0 < self._lr_bound < math.inf
 
     def _observation(self) -> np.ndarray:
         return nmf_observation(
@@ -491,36 +503,41 @@ class NMFEnv(LRControlEnv):
 
 
 def nmf_observation(
-    loss: float,
-    loss0: float,
-    deltas: Sequence[float],
-    lr_prev: float,
-    lr_bound: float | None,
+    loss: Any,
+    loss0: Any,
+    deltas: Any,
+    lr_prev: Any,
+    lr_bound: Any | None,
     bound_scale: float,
-    noise_ratio: float,
-    progress: float,
+    noise_ratio: Any,
+    progress: Any,
 ) -> np.ndarray:
     """The ``lrrl/NMF-v0`` observation from the quantities it summarises (see ``NMFEnv``).
 
-    Shared by the env and :class:`lrrl.schedulers.PolicyScheduler`, which rebuilds it from a
-    loss history in any training loop. ``deltas`` are the last ``HISTORY`` log-loss changes,
-    newest first; ``lr_prev`` the last applied learning rate (NaN before the first decision);
-    ``lr_bound`` the current bound (``None`` when the env has none).
+    Shared by the env, the batched env (every argument may carry a leading batch dimension;
+    ``deltas`` then has shape ``(B, HISTORY)`` and the result ``(B, 8)``) and
+    :class:`lrrl.schedulers.PolicyScheduler`, which rebuilds it from a loss history in any
+    training loop. ``deltas`` are the last ``HISTORY`` log-loss changes, newest first;
+    ``lr_prev`` the last applied learning rate (NaN before the first decision); ``lr_bound``
+    the current bound (``None`` when the env has none).
     """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel_loss = math.log(loss / loss0) if loss > 0 else -OBS_LIMIT
+    loss, loss0 = np.asarray(loss, dtype=np.float64), np.asarray(loss0, dtype=np.float64)
+    lr_prev = np.asarray(lr_prev, dtype=np.float64)
+    deltas = np.asarray(deltas, dtype=np.float64)
+    obs = np.empty((*deltas.shape[:-1], 8))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        obs[..., 0] = np.where(loss > 0, np.log(loss / loss0), -OBS_LIMIT)
+        obs[..., 1 : 1 + HISTORY] = deltas
         if lr_bound is None:
-            lr_rel, log_bound = 0.0, 0.0
+            obs[..., 4:6] = 0.0
         else:
-            clip = bound_scale * lr_bound
-            lr_rel = math.log(lr_prev / clip) if lr_prev > 0 else 0.0
-            log_bound = math.log10(lr_bound) if lr_bound > 0 else -OBS_LIMIT
-    obs = np.array(
-        [rel_loss, *deltas, lr_rel, log_bound, noise_ratio, progress],
-        dtype=np.float64,
-    )
-    obs = np.nan_to_num(obs, nan=0.0, posinf=OBS_LIMIT, neginf=-OBS_LIMIT)
-    return np.clip(obs, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
+            lr_bound = np.asarray(lr_bound, dtype=np.float64)
+            obs[..., 4] = np.where(lr_prev > 0, np.log(lr_prev / (bound_scale * lr_bound)), 0.0)
+            obs[..., 5] = np.where(lr_bound > 0, np.log10(lr_bound), -OBS_LIMIT)
+    obs[..., 6] = noise_ratio
+    obs[..., 7] = progress
+    np.nan_to_num(obs, copy=False, nan=0.0, posinf=OBS_LIMIT, neginf=-OBS_LIMIT)
+    return np.clip(obs, -OBS_LIMIT, OBS_LIMIT, out=obs).astype(np.float32)
 
 
 def nmf_lr_for_action(
@@ -535,10 +552,21 @@ def nmf_lr_for_action(
 
     Shared by the env and :class:`lrrl.schedulers.PolicyScheduler`; NaN actions count as -1.
     """
-    a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-    a = -1.0 if math.isnan(a) else min(1.0, max(-1.0, a))
-    if action_mode == "bound":
-        low, high = lr_floor, lr_ceiling
-        return clip * math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
-    low, high = lr_range
-    return math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+    a = np.asarray(action, dtype=np.float64).reshape(-1)[:1]
+    return float(nmf_lrs_for_actions(a, action_mode, clip, lr_floor, lr_ceiling, lr_range)[0])
+
+
+def nmf_lrs_for_actions(
+    actions: np.ndarray,
+    action_mode: str,
+    clip: Any,
+    lr_floor: float,
+    lr_ceiling: float,
+    lr_range: Sequence[float],
+) -> np.ndarray:
+    """:func:`nmf_lr_for_action` over a batch: ``actions`` and ``clip`` of shape ``(B,)``."""
+    a = np.asarray(actions, dtype=np.float64)
+    a = np.where(np.isnan(a), -1.0, np.clip(a, -1.0, 1.0))
+    low, high = (lr_floor, lr_ceiling) if action_mode == "bound" else lr_range
+    lr = np.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+    return lr * np.asarray(clip, dtype=np.float64) if action_mode == "bound" else lr

@@ -69,9 +69,9 @@ def loss_from_residual(R: torch.Tensor) -> torch.Tensor:
 
 def largest_eigenvalue(G: torch.Tensor) -> torch.Tensor:
     """Largest eigenvalue of symmetric ``G``; ``inf`` where ``G`` is not finite (a blow-up)."""
-    finite = torch.isfinite(G).all(dim=(-2, -1))
-    if bool(finite.all()):
+    if bool(torch.isfinite(G).all()):
         return torch.linalg.eigvalsh(G)[..., -1]
+    finite = torch.isfinite(G).all(dim=(-2, -1))
     safe = torch.where(finite[..., None, None], G, torch.zeros_like(G))
     return torch.where(
         finite,
@@ -107,38 +107,88 @@ def stability_bound(
     batch_size: int | None,
     noisy: bool = True,
     R: torch.Tensor | None = None,
+    m: torch.Tensor | None = None,
+    n: torch.Tensor | None = None,
 ) -> BoundTerms:
     """The largest learning rate that guarantees (expected) descent from ``(W, H)``.
 
-    ``noisy=False`` gives the deterministic ``2 / max(L_W, L_H)`` whatever the noise.
+    ``noisy=False`` gives the deterministic ``2 / max(L_W, L_H)`` whatever the noise. ``m`` and
+    ``n`` (batch-shaped) are the true sizes of zero-padded problems; by default ``V``'s shape.
+    Zero padding changes nothing else: padded rows of ``W`` and columns of ``H`` stay zero.
     """
     if R is None:
         R = residual(V, W, H)
-    m, n = V.shape[-2], V.shape[-1]
     r = W.shape[-1]
     eps = torch.finfo(V.dtype).tiny
-    L_W, L_H = lipschitz_w(H), lipschitz_h(W)
-    det_w, det_h = 2.0 / L_W.clamp_min(eps), 2.0 / L_H.clamp_min(eps)
+    # One eigenvalue call for both r x r Gram matrices: L_W = ||H H^T||, L_H = ||W^T W||.
+    dets = 2.0 / largest_eigenvalue(torch.stack([H @ H.mT, W.mT @ W])).clamp_min(eps)
+    deterministic = dets.amin(dim=0)
+    if noise_std == 0 and (batch_size is None or batch_size >= V.shape[-1]):
+        # Exact gradients: rho = 1 for both blocks, so the gradient norms are not needed
+        # (they would cost two more m x n x r products per decision).
+        return BoundTerms(deterministic, deterministic, torch.zeros_like(deterministic))
+    det_w, det_h = dets.unbind(0)
+    like = dict(dtype=V.dtype, device=V.device)
+    m = torch.as_tensor(V.shape[-2] if m is None else m, **like)
+    n = torch.as_tensor(V.shape[-1] if n is None else n, **like)
     gW = R @ H.mT
     gW2 = gW.square().sum(dim=(-2, -1))
     gH2 = (W.mT @ R).square().sum(dim=(-2, -1))
-    s2_w = torch.full_like(gW2, noise_std**2 * m * r)
-    b = n if batch_size is None else min(batch_size, n)
-    s2_h = torch.full_like(gH2, noise_std**2 * r * b)
-    if b < n:
+    s2_w = noise_std**2 * r * m
+    b = n if batch_size is None else n.clamp_max(batch_size)
+    s2_h = noise_std**2 * r * b
+    if batch_size is not None:
+        sampled = b < n
         per_col = (R.square().sum(dim=-2) * H.square().sum(dim=-2)).sum(dim=-1)
-        sampling = (n - b) / (n - 1) * ((n / b) * per_col - gW2 / b)
-        s2_w = s2_w + sampling.clamp_min(0.0)
-        gH2 = gH2 * (b / n)  # the H-update sees the sampled columns only
+        sampling = (n - b) / (n - 1).clamp_min(1) * ((n / b) * per_col - gW2 / b)
+        s2_w = s2_w + torch.where(sampled, sampling.clamp_min(0.0), 0.0)
+        gH2 = torch.where(sampled, gH2 * (b / n), gH2)  # the H-update sees the sampled columns
     rho_w = gW2 / (gW2 + s2_w).clamp_min(eps)
     rho_h = gH2 / (gH2 + s2_h).clamp_min(eps)
     # A zero gradient (a stationary point) carries no information on the noise: no shrinking.
     rho_w = torch.where(gW2 + s2_w > 0, rho_w, torch.ones_like(rho_w))
     rho_h = torch.where(gH2 + s2_h > 0, rho_h, torch.ones_like(rho_h))
-    deterministic = torch.minimum(det_w, det_h)
     noise_ratio = 1.0 - torch.minimum(rho_w, rho_h)
     lr_bound = torch.minimum(det_w * rho_w, det_h * rho_h) if noisy else deterministic
     return BoundTerms(lr_bound=lr_bound, deterministic=deterministic, noise_ratio=noise_ratio)
+
+
+@dataclass
+class Draws:
+    """The randomness of one decision's inner steps, drawn up front (leading dim: the step).
+
+    Drawing a whole decision at once keeps the per-step cost low and lets a batched env
+    reproduce a single env exactly: each problem draws from its own generator, in this order.
+    """
+
+    columns: torch.Tensor | None  # (steps, b) column indices; None: full gradient
+    noise_w: torch.Tensor | None  # (steps, m, r) additive W-gradient noise, already scaled
+    noise_h: torch.Tensor | None  # (steps, r, b or n) additive H-gradient noise
+
+
+def draw(
+    generator: torch.Generator,
+    steps: int,
+    shape: tuple[int, int],
+    rank: int,
+    batch_size: int | None,
+    noise_std: float,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Draws:
+    """Column minibatches (uniform without replacement) and gradient noise for ``steps`` steps."""
+    m, n = shape
+    columns = None
+    if batch_size is not None and batch_size < n:
+        keys = torch.rand((steps, n), generator=generator, device=device)
+        columns = keys.argsort(dim=-1)[:, :batch_size]
+    noise_w = noise_h = None
+    if noise_std > 0:
+        cols = n if columns is None else batch_size
+        kw = dict(generator=generator, dtype=dtype, device=device)
+        noise_w = noise_std * torch.randn((steps, m, rank), **kw)
+        noise_h = noise_std * torch.randn((steps, rank, cols), **kw)
+    return Draws(columns, noise_w, noise_h)
 
 
 def inner_step(
@@ -147,31 +197,38 @@ def inner_step(
     H: torch.Tensor,
     lr: torch.Tensor,
     cap_scale: float | None,
-    noise_std: float,
-    columns: torch.Tensor | None,
-    generator: torch.Generator | None,
+    columns: torch.Tensor | None = None,
+    noise_w: torch.Tensor | None = None,
+    noise_h: torch.Tensor | None = None,
+    n: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One alternating projected SGD step, ``W`` then ``H``; returns ``(W, H, min_cap)``.
 
-    ``lr`` has the batch shape. ``columns`` (a 1-D index tensor) selects the column minibatch;
-    ``None`` uses the full matrix. When ``cap_scale`` is given, each block's learning rate is
-    kept below ``cap_scale * 2 / L`` of the factors that block update sees (the safeguard that
-    makes descent hold at every inner step, not only where the bound was computed);
-    ``min_cap`` is the smaller of the two caps, so ``lr > min_cap`` says where it bit.
+    ``lr`` has the batch shape. ``columns`` (``(..., b)`` indices, one row per problem or one
+    shared row) selects the column minibatch; ``None`` uses the full matrix. ``noise_w`` and
+    ``noise_h`` are added to the two gradients (see :func:`draw`). ``n`` (batch-shaped) is the
+    true column count of zero-padded problems, for the minibatch gradient's ``n / b`` scale.
+    When ``cap_scale`` is given, each block's learning rate is kept below
+    ``cap_scale * 2 / L`` of the factors that block update sees (the safeguard that makes
+    descent hold at every inner step, not only where the bound was computed); ``min_cap`` is
+    the smaller of the two caps, so ``lr > min_cap`` says where it bit.
     """
     lr = lr[..., None, None]
     if columns is None:
         V_b, H_b = V, H
     else:
-        V_b, H_b = V[..., columns], H[..., columns]
+        index = columns[..., None, :]
+        b = columns.shape[-1]
+        V_b = V.gather(-1, index.expand(*V.shape[:-1], b))
+        H_idx = index.expand(*H.shape[:-1], b)
+        H_b = H.gather(-1, H_idx)
 
     gW = (W @ H_b - V_b) @ H_b.mT
     if columns is not None:
-        gW = gW * (V.shape[-1] / columns.numel())
-    if noise_std > 0:
-        gW = gW + noise_std * torch.randn(
-            gW.shape, generator=generator, dtype=V.dtype, device=V.device
-        )
+        scale = V.shape[-1] / b if n is None else (n / b)[..., None, None]
+        gW = gW * scale
+    if noise_w is not None:
+        gW = gW + noise_w
     min_cap = None
     lr_w = lr
     if cap_scale is not None:
@@ -181,19 +238,13 @@ def inner_step(
     W = (W - lr_w * gW).clamp_min(0.0)
 
     gH = W.mT @ (W @ H_b - V_b)
-    if noise_std > 0:
-        gH = gH + noise_std * torch.randn(
-            gH.shape, generator=generator, dtype=V.dtype, device=V.device
-        )
+    if noise_h is not None:
+        gH = gH + noise_h
     lr_h = lr
     if cap_scale is not None:
         cap_h = (2.0 * cap_scale) / lipschitz_h(W)
         min_cap = torch.minimum(min_cap, cap_h)
         lr_h = torch.minimum(lr, cap_h[..., None, None])
     H_new = (H_b - lr_h * gH).clamp_min(0.0)
-    if columns is None:
-        H = H_new
-    else:
-        H = H.clone()
-        H[..., columns] = H_new
+    H = H_new if columns is None else H.scatter(-1, H_idx, H_new)
     return W, H, min_cap

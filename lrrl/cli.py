@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from importlib import resources
 from typing import NoReturn
 
 #: Config groups selectable on the command line as ``group=choice``.
 GROUPS = ("env", "agent", "logger", "debug", "experiment")
+#: Hydra launchers (``hydra/launcher=...``, ours in ``conf/hydra/launcher/``): the plugin
+#: module each needs and the extra that installs it.
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "launchers"),
+    "lrrl_joblib": ("hydra_plugins.hydra_joblib_launcher", "launchers"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "lrrl_submitit_local": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "lrrl_slurm": ("hydra_plugins.hydra_submitit_launcher", "launchers"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+    "lrrl_ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
+}
 
 
 class ConfigError(ValueError):
@@ -44,3 +57,21 @@ def check_group_choices(args: list[str]) -> None:
                 continue
             if choice not in choices:
                 raise ConfigError(f"{key}={choice!r} is invalid: expected one of {choices}")
+
+
+def check_launcher(args: list[str]) -> None:
+    """Reject ``hydra/launcher=X`` whose plugin is not installed, naming the extra to install."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key != "hydra/launcher" or value not in LAUNCHER_PLUGINS:
+            continue
+        module, extra = LAUNCHER_PLUGINS[value]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # hydra_plugins itself missing
+            found = False
+        if not found:
+            raise ConfigError(
+                f"hydra/launcher={value!r} needs the {module.split('.')[-1]} plugin, "
+                f"which is not installed: pip install 'lrrl[{extra}]'"
+            )

@@ -20,6 +20,7 @@ from rich.table import Table
 from lrrl import checkpoint, report
 from lrrl.agents.baselines import SCHEDULES, default_grid
 from lrrl.agents.sb3 import AgentController, algo_class, check_hyperparams, make_agent
+from lrrl.agents.vec import check_vec_env, make_training_vec_env
 from lrrl.cli import ConfigError
 from lrrl.envs.base import as_int, check_options
 from lrrl.harness import Episode, EvalSettings, compare, make_env, split_env_config, summarise
@@ -27,7 +28,6 @@ from lrrl.outputs import plot_schedules, schedule_payload, write_json
 from lrrl.seeding import seed_everything
 from lrrl.tracking import TrackingCallback, make_tracker
 
-VEC_ENVS = ("dummy", "subproc")
 #: Top-level keys of a composed ``train`` config.
 CONFIG_KEYS = ("seed", "torch_threads", "progress_bar", "eval", "env", "agent", "logger")
 
@@ -68,14 +68,9 @@ def validate(config: dict[str, Any]) -> Plan:
         n_envs = as_int("agent.n_envs", agent.get("n_envs", 1), 1)
         as_int("torch_threads", config.get("torch_threads", 1), 1)
         checkpoint_every = as_int("agent.checkpoint_every", agent.get("checkpoint_every", 0), 0)
+        check_vec_env(agent.get("vec_env", "dummy"), env_id)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    _check(
-        agent.get("vec_env", "dummy") in VEC_ENVS,
-        "agent.vec_env",
-        agent.get("vec_env"),
-        f"one of {VEC_ENVS}",
-    )
     ev = config["eval"]
     try:
         EvalSettings.from_config(ev)
@@ -129,17 +124,9 @@ def validate(config: dict[str, Any]) -> Plan:
 def _train_agent(
     plan: Plan, config: dict[str, Any], tracker: Any, run_dir: Path, resume: bool = False
 ) -> tuple[Any, dict[str, Any]]:
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
-
     agent = config["agent"]
-    vec_cls = SubprocVecEnv if agent.get("vec_env") == "subproc" else DummyVecEnv
-    env_id, env_kwargs = plan.env_id, plan.env_kwargs
-    venv = make_vec_env(
-        lambda: make_env(env_id, **env_kwargs),
-        n_envs=plan.n_envs,
-        seed=plan.seed,
-        vec_env_cls=vec_cls,
+    venv = make_training_vec_env(
+        plan.env_id, plan.env_kwargs, plan.n_envs, plan.seed, agent.get("vec_env", "dummy")
     )
     folder = run_dir / checkpoint.FOLDER
     if resume:

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lrrl import checkpoint
-from lrrl.cli import ConfigError, check_group_choices, fail
+from lrrl.cli import ConfigError, check_group_choices, check_launcher, fail
 from lrrl.pipeline import run_experiment, validate
 
 # The process id in default run dir names: two runs started in the same microsecond differ.
@@ -63,7 +63,7 @@ def check_config(args: list[str]) -> dict[str, Any]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
     try:
         with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
             cfg = compose(config_name="train", overrides=overrides)
@@ -143,6 +143,7 @@ def main() -> None:
     args = sys.argv[1:]
     try:
         check_group_choices(args)
+        check_launcher(args)
         resumes = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
         if resumes:
             resume(resumes[-1], [a for a in args if not a.startswith("resume=")])

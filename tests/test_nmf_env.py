@@ -258,7 +258,7 @@ def _losses(V, W, H, scale: float, steps: int, safeguard: bool) -> list[float]:
     lr = torch.tensor(scale * bound, dtype=V.dtype)
     losses = [float(nmf_ops.loss_from_residual(nmf_ops.residual(V, W, H)))]
     for _ in range(steps):
-        W, H, _ = nmf_ops.inner_step(V, W, H, lr, 1.0 if safeguard else None, 0.0, None, None)
+        W, H, _ = nmf_ops.inner_step(V, W, H, lr, 1.0 if safeguard else None)
         losses.append(float(nmf_ops.loss_from_residual(nmf_ops.residual(V, W, H))))
     return losses
 

@@ -64,11 +64,13 @@ def test_checkpoint_is_written_during_and_after_training(tmp_path):
     assert model.num_timesteps == manifest["timesteps"]
 
 
-def test_resume_from_a_checkpoint_is_deterministic(tmp_path):
+@pytest.mark.parametrize("vec_env", ["dummy", "batched"])
+def test_resume_from_a_checkpoint_is_deterministic(tmp_path, vec_env):
     """Two resumes of one checkpoint give the same run; training reaches the new budget."""
     first = tmp_path / "first"
-    run_experiment(config("agent.total_timesteps=256", "agent.checkpoint_every=128"), first)
-    longer = config("agent.total_timesteps=512", "agent.checkpoint_every=128")
+    kind = f"agent.vec_env={vec_env}"
+    run_experiment(config("agent.total_timesteps=256", "agent.checkpoint_every=128", kind), first)
+    longer = config("agent.total_timesteps=512", "agent.checkpoint_every=128", kind)
     results = []
     for name in ("b", "c"):
         target = tmp_path / name

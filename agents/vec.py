@@ -1,0 +1,204 @@
+"""Vectorised training envs for stable-baselines3: dummy, subprocess or batched (NMF).
+
+``agent.vec_env`` picks one:
+
+* ``dummy``: SB3's ``DummyVecEnv``, the sub-envs stepped one after the other in-process;
+* ``subproc``: SB3's ``SubprocVecEnv``, one worker process per sub-env (1 torch thread each);
+* ``batched``: :class:`BatchedVecEnv` around :class:`lrrl.envs.nmf_batched.BatchedNMFEnv`,
+  all sub-envs stepped in one set of batched tensor ops (``lrrl/NMF-v0`` only).
+
+All three give sub-env ``i`` the seed ``seed + i`` and Monitor's ``info["episode"]``, so a
+training run sees the same episodes whichever is used (up to floating-point order).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+
+from lrrl.envs.nmf_batched import BatchedNMFEnv
+
+VEC_ENVS = ("dummy", "subproc", "batched")
+#: Env ids with a batched implementation.
+BATCHED_ENV_IDS = ("lrrl/NMF-v0",)
+
+
+def check_vec_env(kind: Any, env_id: str) -> None:
+    """Raise a one-line ``ValueError`` when ``kind`` is unknown or unsupported for ``env_id``."""
+    if kind not in VEC_ENVS:
+        raise ValueError(f"agent.vec_env={kind!r} is invalid: expected one of {VEC_ENVS}")
+    if kind == "batched" and env_id not in BATCHED_ENV_IDS:
+        raise ValueError(
+            f"agent.vec_env='batched' is invalid for env {env_id!r}: only {BATCHED_ENV_IDS} "
+            "have a batched implementation; use 'dummy' or 'subproc'"
+        )
+
+
+def make_training_vec_env(
+    env_id: str, env_kwargs: dict[str, Any], n_envs: int, seed: int, kind: str = "dummy"
+) -> VecEnv:
+    """The SB3 ``VecEnv`` a training run learns on, sub-env ``i`` seeded with ``seed + i``."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from lrrl.harness import make_env
+
+    check_vec_env(kind, env_id)
+    if kind == "batched":
+        venv: VecEnv = BatchedVecEnv(
+            BatchedNMFEnv(num_envs=n_envs, autoreset_mode="SameStep", **env_kwargs)
+        )
+        venv.seed(seed)
+        return venv
+    factory: Callable[[], gym.Env] = (
+        _SingleThreaded(env_id, env_kwargs)
+        if kind == "subproc"
+        else lambda: make_env(env_id, **env_kwargs)
+    )
+    vec_cls = SubprocVecEnv if kind == "subproc" else DummyVecEnv
+    return make_vec_env(factory, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls)
+
+
+class _SingleThreaded:
+    """Builds an env in a worker process after limiting torch to one thread there.
+
+    Small tensor work runs fastest single-threaded, and ``n_envs`` workers on a few cores
+    would otherwise oversubscribe them.
+    """
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any]) -> None:
+        self.env_id, self.env_kwargs = env_id, env_kwargs
+
+    def __call__(self) -> gym.Env:
+        import torch
+
+        from lrrl.harness import make_env
+
+        torch.set_num_threads(1)
+        return make_env(self.env_id, **self.env_kwargs)
+
+
+class BatchedVecEnv(VecEnv):
+    """An SB3 ``VecEnv`` over a gymnasium vector env that autoresets in the same step.
+
+    Translates gymnasium's vector conventions to SB3's: per-env info dicts, ``dones``,
+    ``info["terminal_observation"]`` and ``info["TimeLimit.truncated"]`` at episode ends,
+    Monitor's ``info["episode"]`` (return, length, time), and ``seed``/``set_options``
+    applied at the next ``reset``. ``get_attr``/``env_method`` reach the vector env's
+    attributes (shared by all sub-envs).
+    """
+
+    def __init__(self, env: BatchedNMFEnv) -> None:
+        if env.autoreset_mode != gym.vector.AutoresetMode.SAME_STEP:
+            raise ValueError(
+                f"autoreset_mode={env.autoreset_mode.value!r} is invalid: expected 'SameStep' "
+                "(stable-baselines3 resets an env in the step that ends its episode)"
+            )
+        self.env = env
+        super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)
+        self._actions: np.ndarray | None = None
+        self._returns = np.zeros(self.num_envs)
+        self._lengths = np.zeros(self.num_envs, dtype=np.int64)
+        self._start = time.time()
+
+    def reset(self) -> np.ndarray:
+        seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
+        options = None
+        if any(self._options):
+            options = {"instance": [opt.get("instance") for opt in self._options]}
+        obs, infos = self.env.reset(seed=seeds, options=options)
+        self.reset_infos = _split_infos(infos, self.num_envs)
+        self._reset_seeds()
+        self._reset_options()
+        self._returns[:] = 0.0
+        self._lengths[:] = 0
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, rewards, terminated, truncated, infos = self.env.step(self._actions)
+        dones = terminated | truncated
+        self._returns += rewards
+        self._lengths += 1
+        per_env = _split_infos(infos, self.num_envs)
+        if dones.any():
+            finals = _split_infos(infos["final_info"], self.num_envs)
+            now = round(time.time() - self._start, 6)
+            for i in np.flatnonzero(dones):
+                info = finals[i]
+                info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+                info["terminal_observation"] = infos["final_obs"][i]
+                info["episode"] = {
+                    "r": round(float(self._returns[i]), 6),
+                    "l": int(self._lengths[i]),
+                    "t": now,
+                }
+                self.reset_infos[i] = per_env[i]
+                per_env[i] = info
+            self._returns[dones] = 0.0
+            self._lengths[dones] = 0
+        for i in np.flatnonzero(~dones):
+            per_env[i]["TimeLimit.truncated"] = False
+        return obs, rewards.astype(np.float32), dones, per_env
+
+    def close(self) -> None:
+        self.env.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        if attr_name == "np_random":  # each sub-env's own generator (checkpoints save these)
+            return [self.env.np_randoms[i] for i in self._get_indices(indices)]
+        value = getattr(self.env, attr_name)
+        return [value for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        if attr_name == "np_random":
+            for i in self._get_indices(indices):
+                self.env.np_randoms[i] = value
+            return
+        if indices is not None and len(list(self._get_indices(indices))) != self.num_envs:
+            raise ValueError(
+                f"indices={indices!r} is invalid: the batched env shares its attributes, "
+                "so set_attr applies to all sub-envs (indices=None)"
+            )
+        setattr(self.env, attr_name, value)
+
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
+        result = getattr(self.env, method_name)(*method_args, **method_kwargs)
+        return [result for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
+        # Monitor's episode statistics are reported by this adapter itself.
+        from stable_baselines3.common.monitor import Monitor
+
+        return [wrapper_class is Monitor for _ in self._get_indices(indices)]
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [None for _ in range(self.num_envs)]
+
+
+def _split_infos(infos: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
+    """Gymnasium vector infos (arrays with ``_key`` masks) as one dict per sub-env."""
+    out: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+    for key, value in infos.items():
+        if key.startswith("_") or key in ("final_obs", "final_info"):
+            continue
+        mask = infos.get(f"_{key}", np.ones(num_envs, dtype=bool))
+        for i in np.flatnonzero(mask):
+            item = value[i]
+            out[i][key] = item.item() if isinstance(item, np.generic) else item
+    return out

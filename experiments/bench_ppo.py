@@ -1,0 +1,76 @@
+"""PPO training throughput (env steps per second, end to end) by ``agent.vec_env``.
+
+Trains stable-baselines3 PPO on ``lrrl/NMF-v0`` with the training pipeline's env builder
+(:func:`lrrl.agents.vec.make_training_vec_env`) for ``dummy``, ``subproc`` and ``batched``
+at a few ``n_envs``, with the default agent hyperparameters (``n_steps`` scaled so one
+rollout holds 512 transitions).
+
+    python experiments/bench_ppo.py [--quick] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from stable_baselines3 import PPO
+
+import lrrl  # noqa: F401
+from lrrl.agents.vec import make_training_vec_env
+
+
+def throughput(kind: str, n_envs: int, env_kwargs: dict, timesteps: int, device: str) -> float:
+    venv = make_training_vec_env("lrrl/NMF-v0", env_kwargs, n_envs, seed=0, kind=kind)
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        n_steps=max(8, 512 // n_envs),
+        batch_size=128,
+        n_epochs=10,
+        learning_rate=1e-3,
+        policy_kwargs={"net_arch": [64, 64], "log_std_init": -1.0},
+        seed=0,
+        device=device,
+        verbose=0,
+    )
+    start = time.perf_counter()
+    model.learn(total_timesteps=timesteps)
+    wall = time.perf_counter() - start
+    venv.close()
+    return model.num_timesteps / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--quick", action="store_true", help="fewer settings, shorter runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (main process)")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+    torch.set_num_threads(args.threads)
+    problems = {
+        "default 200x150 r10 b16": dict(shape=(200, 150), rank=10, batch_size=16),
+        "small 30x24 r4": dict(shape=(30, 24), rank=4, batch_size=None),
+    }
+    n_envs_list = [4, 16] if args.quick else [4, 16, 64]
+    timesteps = 2048 if args.quick else 8192
+    print(f"device={args.device} (policy and env) threads={args.threads} timesteps={timesteps}")
+    print(f"{'problem':>24} {'n_envs':>6} {'dummy':>8} {'subproc':>8} {'batched':>8}")
+    for name, problem in problems.items():
+        env_kwargs = dict(problem, steps_per_action=10, suite="synthetic", device=args.device)
+        for n_envs in n_envs_list:
+            cells = []
+            for kind in ("dummy", "subproc", "batched"):
+                if kind == "subproc" and n_envs > 16:
+                    cells.append(f"{'-':>8}")  # one process per env: not on a few cores
+                    continue
+                rate = throughput(kind, n_envs, env_kwargs, timesteps, args.device)
+                cells.append(f"{rate:8.0f}")
+            print(f"{name:>24} {n_envs:6d} " + " ".join(cells), flush=True)
+    print("(env steps per second of PPO.learn, rollouts and updates; higher is better)")
+
+
+if __name__ == "__main__":
+    main()

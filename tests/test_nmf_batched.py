@@ -1,0 +1,216 @@
+"""The batched NMF env: registration, step-by-step agreement with single envs, SB3 training."""
+
+from __future__ import annotations
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import lrrl  # noqa: F401
+from lrrl.agents.vec import BatchedVecEnv, make_training_vec_env
+from lrrl.cli import ConfigError
+from lrrl.envs.nmf_batched import BatchedNMFEnv, make_batched
+from lrrl.harness import make_env
+from lrrl.pipeline import run_experiment, validate
+
+SMALL = dict(shape=(30, 24), rank=4, steps_per_action=3, horizon=5)
+KEYS = ("lr", "lr_bound", "loss")
+
+
+def test_make_vec_returns_the_batched_env():
+    venv = gym.make_vec("lrrl/NMF-v0", num_envs=3, vectorization_mode="vector_entry_point", **SMALL)
+    assert isinstance(venv, BatchedNMFEnv)
+    obs, info = venv.reset(seed=0)
+    assert obs.shape == (3, 8) and venv.observation_space.contains(obs)
+    assert info["loss"].shape == (3,) and info["_loss"].all()
+    assert venv.action_space.shape == (3, 1)
+
+
+def _compare_with_singles(kwargs, seed, steps, actions_fn, B=4, atol_obs=1e-5, rtol=1e-7):
+    """Step a batched env and ``B`` single envs side by side, autoresets included."""
+    venv = make_batched(B, **kwargs)
+    singles = [make_env("lrrl/NMF-v0", **kwargs) for _ in range(B)]
+    obs, info = venv.reset(seed=seed)
+    for i, env in enumerate(singles):
+        o, si = env.reset(seed=seed + i)
+        np.testing.assert_allclose(obs[i], o, atol=atol_obs)
+        assert info["instance"][i] == si["instance"]
+        assert info["loss"][i] == pytest.approx(si["loss"], rel=rtol)
+    done = np.zeros(B, dtype=bool)
+    ends = 0
+    for t in range(steps):
+        actions = actions_fn(t, B)
+        obs, rewards, term, trunc, info = venv.step(actions)
+        for i, env in enumerate(singles):
+            if done[i]:  # NextStep autoreset: this step resets sub-env i
+                o, si = env.reset()
+                r, te, tr = 0.0, False, False
+                assert np.isnan(info["lr"][i])
+            else:
+                o, r, te, tr, si = env.step(actions[i])
+                assert info["lr"][i] == pytest.approx(si["lr"], rel=rtol)
+                assert info["inner_capped"][i] == si["inner_capped"]
+                assert info["diverged"][i] == si["diverged"]
+                assert info["clipped"][i] == si["clipped"]
+            np.testing.assert_allclose(obs[i], o, atol=atol_obs)
+            assert rewards[i] == pytest.approx(r, rel=rtol, abs=1e-9)
+            assert info["lr_bound"][i] == pytest.approx(si["lr_bound"], rel=rtol)
+            assert info["loss"][i] == pytest.approx(si["loss"], rel=rtol)
+            assert info["instance"][i] == si["instance"]
+            assert (term[i], trunc[i]) == (te, tr)
+        done = term | trunc
+        ends += int(done.sum())
+    return ends, info
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"batch_size": 8, "noise_std": 0.05},  # stochastic minibatches and noise, padded shapes
+        {"noise_std": 0.1, "bound": "deterministic"},
+        {"action_mode": "log_lr", "bound": "none", "lr_range": (1e-3, 0.3)},
+    ],
+)
+def test_same_trajectories_as_single_envs_float64(extra):
+    rng = np.random.default_rng(1)
+    ends, _ = _compare_with_singles(
+        {**SMALL, **extra, "dtype": "float64"},
+        seed=7,
+        steps=13,
+        actions_fn=lambda t, B: rng.uniform(-1, 1, (B, 1)).astype(np.float32),
+    )
+    assert ends >= 4  # every sub-env truncated and was autoreset at least once
+
+
+def test_same_trajectories_as_single_envs_float32_default_config():
+    rng = np.random.default_rng(2)
+    _compare_with_singles(
+        {**SMALL, "batch_size": 8, "bound_scale": 2.0, "lr_floor": 0.05, "lr_ceiling": 1.0},
+        seed=0,
+        steps=6,
+        actions_fn=lambda t, B: rng.uniform(-1, 1, (B, 1)).astype(np.float32),
+        atol_obs=1e-4,
+        rtol=1e-4,
+    )
+
+
+def test_divergence_ends_only_that_sub_env():
+    kwargs = {
+        **SMALL,
+        "bound": "none",
+        "action_mode": "log_lr",
+        "lr_range": (1e-3, 1e6),
+        "divergence_penalty": 7.0,
+    }
+
+    def actions(t, B):
+        a = np.full((B, 1), -1.0, dtype=np.float32)
+        if t == 0:
+            a[2] = 1.0  # a huge learning rate in sub-env 2 only
+        return a
+
+    _compare_with_singles(kwargs, seed=3, steps=3, actions_fn=actions, atol_obs=1e-4, rtol=1e-4)
+    venv = make_batched(4, **kwargs)
+    venv.reset(seed=3)
+    _, rewards, term, trunc, info = venv.step(actions(0, 4))
+    assert term.tolist() == [False, False, True, False] and not trunc.any()
+    assert info["diverged"].tolist() == [False, False, True, False]
+    assert rewards[2] == -7.0 and np.isfinite(rewards).all()
+    assert (rewards[[0, 1, 3]] > 0).all()
+    obs, _, term, _, info = venv.step(actions(1, 4))  # sub-env 2 autoresets, the rest go on
+    assert not term.any() and np.isfinite(obs).all() and np.isnan(info["lr"][2])
+
+
+def test_same_step_autoreset_reports_final_obs_and_info():
+    venv = make_batched(3, **SMALL, autoreset_mode="SameStep")
+    venv.reset(seed=0)
+    for _ in range(SMALL["horizon"]):
+        obs, _, term, trunc, info = venv.step(np.zeros((3, 1), np.float32))
+    assert trunc.all() and not term.any()
+    assert info["_final_obs"].all() and info["final_obs"][0].shape == (8,)
+    assert info["final_info"]["inner_capped"].shape == (3,)
+    assert (obs[:, 7] == 0).all()  # progress restarts: already reset
+    assert np.isnan(info["lr"]).all() and not info["_inner_capped"].any()
+
+
+def test_nan_actions_never_raise():
+    venv = make_batched(3, **SMALL)
+    venv.reset(seed=0)
+    obs, rewards, *_ = venv.step(np.array([[math.nan], [math.inf], [-math.inf]], np.float32))
+    assert venv.observation_space.contains(obs) and np.isfinite(rewards).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"num_envs": 0}, "num_envs"),
+        ({"num_envs": 2, "rank": 0}, "rank"),
+        ({"num_envs": 2, "autoreset_mode": "later"}, "autoreset_mode"),
+        ({"num_envs": 2, "batch_size": 12}, "batch_size"),  # the half-size instances have 12
+    ],
+)
+def test_bad_input_one_line_errors(kwargs, key):
+    with pytest.raises(ValueError, match=key) as err:
+        BatchedNMFEnv(**{**SMALL, **kwargs})
+    assert "\n" not in str(err.value)
+    venv = make_batched(2, **SMALL)
+    venv.reset(seed=0)
+    with pytest.raises(ValueError, match="actions"):
+        venv.step(np.zeros((3, 1), np.float32))
+
+
+def test_sb3_adapter_matches_dummy_vec_env():
+    kwargs = {**SMALL, "batch_size": 8, "dtype": "float64"}
+    batched = make_training_vec_env("lrrl/NMF-v0", kwargs, 3, seed=5, kind="batched")
+    dummy = make_training_vec_env("lrrl/NMF-v0", kwargs, 3, seed=5, kind="dummy")
+    assert isinstance(batched, BatchedVecEnv)
+    np.testing.assert_allclose(batched.reset(), dummy.reset(), atol=1e-6)
+    rng = np.random.default_rng(0)
+    for _ in range(2 * SMALL["horizon"] + 1):
+        a = rng.uniform(-1, 1, (3, 1)).astype(np.float32)
+        ob, rb, db, ib = batched.step(a)
+        od, rd, dd, id_ = dummy.step(a)
+        np.testing.assert_allclose(ob, od, atol=1e-5)
+        np.testing.assert_allclose(rb, rd, rtol=1e-5, atol=1e-7)
+        assert db.tolist() == dd.tolist()
+        for x, y in zip(ib, id_, strict=True):
+            assert x["TimeLimit.truncated"] == y["TimeLimit.truncated"]
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-6)
+            assert ("terminal_observation" in x) == ("terminal_observation" in y)
+            if "episode" in y:
+                assert x["episode"]["r"] == pytest.approx(y["episode"]["r"], rel=1e-4)
+                assert x["episode"]["l"] == y["episode"]["l"]
+                np.testing.assert_allclose(
+                    x["terminal_observation"], y["terminal_observation"], atol=1e-5
+                )
+    assert batched.get_attr("horizon") == [SMALL["horizon"]] * 3
+    assert batched.env_method("config")[0]["rank"] == SMALL["rank"]
+    batched.close()
+    dummy.close()
+
+
+def _config(*overrides: str) -> dict:
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["debug=smoke", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_vec_env_batched_is_validated():
+    with pytest.raises(ConfigError, match="agent.vec_env") as err:
+        validate(_config("agent.vec_env=threads"))
+    assert "\n" not in str(err.value)
+    validate(_config("agent.vec_env=batched"))  # accepted for NMF
+    with pytest.raises(ValueError, match="only .*lrrl/NMF-v0"):
+        make_training_vec_env("lrrl/DNN-v0", {}, 2, 0, "batched")
+
+
+def test_ppo_trains_on_the_batched_env_through_the_pipeline(tmp_path):
+    metrics = run_experiment(_config("agent.vec_env=batched", "agent.n_envs=4"), tmp_path)
+    assert metrics["train"]["timesteps"] >= 256
+    assert metrics["train"]["episodes"] > 0
+    assert (tmp_path / "model.zip").is_file() and (tmp_path / "schedule.json").is_file()
+    assert math.isfinite(metrics["schedulers"]["ppo"]["final_loss"])
