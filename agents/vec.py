@@ -5,7 +5,8 @@
 * ``dummy``: SB3's ``DummyVecEnv``, the sub-envs stepped one after the other in-process;
 * ``subproc``: SB3's ``SubprocVecEnv``, one worker process per sub-env (1 torch thread each);
 * ``batched``: :class:`BatchedVecEnv` around :class:`lrrl.envs.nmf_batched.BatchedNMFEnv`,
-  all sub-envs stepped in one set of batched tensor ops (``lrrl/NMF-v0`` only).
+  all sub-envs stepped in one set of batched tensor ops (``lrrl/NMF-v0`` only);
+* ``auto`` (the default): ``batched`` where the env has a batched implementation, else ``dummy``.
 
 All three give sub-env ``i`` the seed ``seed + i`` and Monitor's ``info["episode"]``, so a
 training run sees the same episodes whichever is used (up to floating-point order).
@@ -24,13 +25,14 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 
 from lrrl.envs.nmf_batched import BatchedNMFEnv
 
-VEC_ENVS = ("dummy", "subproc", "batched")
+VEC_ENVS = ("auto", "dummy", "subproc", "batched")
 #: Env ids with a batched implementation.
 BATCHED_ENV_IDS = ("lrrl/NMF-v0",)
 
 
-def check_vec_env(kind: Any, env_id: str) -> None:
-    """Raise a one-line ``ValueError`` when ``kind`` is unknown or unsupported for ``env_id``."""
+def check_vec_env(kind: Any, env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
+    """Raise a one-line ``ValueError`` when ``kind`` is unknown or unsupported for ``env_id``
+    (and, given ``env_kwargs``, when the batched env rejects them)."""
     if kind not in VEC_ENVS:
         raise ValueError(f"agent.vec_env={kind!r} is invalid: expected one of {VEC_ENVS}")
     if kind == "batched" and env_id not in BATCHED_ENV_IDS:
@@ -38,10 +40,26 @@ def check_vec_env(kind: Any, env_id: str) -> None:
             f"agent.vec_env='batched' is invalid for env {env_id!r}: only {BATCHED_ENV_IDS} "
             "have a batched implementation; use 'dummy' or 'subproc'"
         )
+    if kind == "batched" and env_kwargs is not None:
+        BatchedNMFEnv(num_envs=1, **env_kwargs).close()
+
+
+def resolve_vec_env(kind: str, env_id: str, env_kwargs: dict[str, Any]) -> str:
+    """``kind`` with ``auto`` replaced by ``batched`` where the env has a batched
+    implementation that takes these options, else by ``dummy``."""
+    if kind != "auto":
+        return kind
+    if env_id not in BATCHED_ENV_IDS:
+        return "dummy"
+    try:
+        check_vec_env("batched", env_id, env_kwargs)
+    except ValueError:
+        return "dummy"
+    return "batched"
 
 
 def make_training_vec_env(
-    env_id: str, env_kwargs: dict[str, Any], n_envs: int, seed: int, kind: str = "dummy"
+    env_id: str, env_kwargs: dict[str, Any], n_envs: int, seed: int, kind: str = "auto"
 ) -> VecEnv:
     """The SB3 ``VecEnv`` a training run learns on, sub-env ``i`` seeded with ``seed + i``."""
     from stable_baselines3.common.env_util import make_vec_env
@@ -49,6 +67,7 @@ def make_training_vec_env(
     from lrrl.harness import make_env
 
     check_vec_env(kind, env_id)
+    kind = resolve_vec_env(kind, env_id, env_kwargs)
     if kind == "batched":
         venv: VecEnv = BatchedVecEnv(
             BatchedNMFEnv(num_envs=n_envs, autoreset_mode="SameStep", **env_kwargs)

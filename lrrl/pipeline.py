@@ -68,7 +68,7 @@ def validate(config: dict[str, Any]) -> Plan:
         n_envs = as_int("agent.n_envs", agent.get("n_envs", 1), 1)
         as_int("torch_threads", config.get("torch_threads", 1), 1)
         checkpoint_every = as_int("agent.checkpoint_every", agent.get("checkpoint_every", 0), 0)
-        check_vec_env(agent.get("vec_env", "dummy"), env_id)
+        check_vec_env(agent.get("vec_env", "auto"), env_id, env_kwargs)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     ev = config["eval"]
@@ -126,7 +126,7 @@ def _train_agent(
 ) -> tuple[Any, dict[str, Any]]:
     agent = config["agent"]
     venv = make_training_vec_env(
-        plan.env_id, plan.env_kwargs, plan.n_envs, plan.seed, agent.get("vec_env", "dummy")
+        plan.env_id, plan.env_kwargs, plan.n_envs, plan.seed, agent.get("vec_env", "auto")
     )
     folder = run_dir / checkpoint.FOLDER
     if resume:

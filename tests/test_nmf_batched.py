@@ -11,10 +11,10 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 import lrrl  # noqa: F401
-from lrrl.agents.vec import BatchedVecEnv, make_training_vec_env
+from lrrl.agents.vec import BatchedVecEnv, make_training_vec_env, resolve_vec_env
 from lrrl.cli import ConfigError
 from lrrl.envs.nmf_batched import BatchedNMFEnv, make_batched
-from lrrl.harness import make_env
+from lrrl.harness import make_env, split_env_config
 from lrrl.pipeline import run_experiment, validate
 
 SMALL = dict(shape=(30, 24), rank=4, steps_per_action=3, horizon=5)
@@ -206,6 +206,21 @@ def test_vec_env_batched_is_validated():
     validate(_config("agent.vec_env=batched"))  # accepted for NMF
     with pytest.raises(ValueError, match="only .*lrrl/NMF-v0"):
         make_training_vec_env("lrrl/DNN-v0", {}, 2, 0, "batched")
+
+
+def test_auto_picks_the_batched_env_where_it_takes_the_options():
+    cfg = _config()
+    env_id, kwargs = split_env_config(cfg["env"])
+    assert cfg["agent"]["vec_env"] == "auto"
+    assert resolve_vec_env("auto", env_id, kwargs) == "batched"
+    assert isinstance(make_training_vec_env(env_id, kwargs, 2, 0), BatchedVecEnv)
+    # a minibatch as wide as an instance: the single env takes it, the batched one does not
+    wide = {**kwargs, "batch_size": 10_000}
+    assert resolve_vec_env("auto", env_id, wide) == "dummy"
+    with pytest.raises(ConfigError, match="batch_size"):
+        validate(_config("agent.vec_env=batched", "env.batch_size=10000"))
+    assert resolve_vec_env("auto", "lrrl/DNN-v0", {}) == "dummy"
+    assert resolve_vec_env("subproc", env_id, kwargs) == "subproc"
 
 
 def test_ppo_trains_on_the_batched_env_through_the_pipeline(tmp_path):
