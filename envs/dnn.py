@@ -468,25 +468,23 @@ class DNNEnv(LRControlEnv):
         if hasattr(opt, "train"):  # schedule-free optimizers train at their interpolated point
             opt.train()
         net.train()
-        total = torch.zeros(())
+        losses = []
         grad_norm = math.nan
         for k in range(steps):
             idx = self._batch(size)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
             loss.backward()
-            total += loss.detach()
+            losses.append(loss.detach())
             if k == steps - 1:
                 grad_norm = self._gradient_norm()
-                if not math.isfinite(grad_norm):
-                    return float("nan"), grad_norm
-            if not torch.isfinite(loss):
-                # Stop before an update with non-finite numbers poisons the parameters further.
-                return float("nan"), grad_norm
+            # No per-step finiteness check (it would cost a sync per step): a non-finite loss
+            # poisons the parameters, shows in the mean below and ends the episode anyway.
             opt.step()
         if hasattr(opt, "eval"):
             opt.eval()
-        return float(total) / steps, grad_norm
+        train_loss = float(torch.stack(losses).mean())
+        return (train_loss if math.isfinite(train_loss) else math.nan), grad_norm
 
     def _gradient_norm(self) -> float:
         grads = [p.grad for p in self._params if p.grad is not None]
