@@ -131,7 +131,7 @@ class DNNEnv(LRControlEnv):
         weight_decay: float = 0.0,
         width: int = 32,
         steps_per_action: int = 5,
-        lr_range: Sequence[float] = (1e-3, 3.0),
+        lr_range: Sequence[float] = (1e-2, 1.0),
         reward: str = "log_ratio",
         divergence_penalty: float = 10.0,
         max_loss_ratio: float = 20.0,
