@@ -469,7 +469,7 @@ class DNNEnv(LRControlEnv):
             opt.train()
         net.train()
         losses = []
-        grad_norm = math.nan
+        grad_norm = torch.zeros(())
         for k in range(steps):
             idx = self._batch(size)
             opt.zero_grad(set_to_none=True)
@@ -477,28 +477,33 @@ class DNNEnv(LRControlEnv):
             loss.backward()
             losses.append(loss.detach())
             if k == steps - 1:
-                grad_norm = self._gradient_norm()
+                grad_norm = self._gradient_norm_tensor()
             # No per-step finiteness check (it would cost a sync per step): a non-finite loss
             # poisons the parameters, shows in the mean below and ends the episode anyway.
             opt.step()
         if hasattr(opt, "eval"):
             opt.eval()
-        train_loss = float(torch.stack(losses).mean())
+        train_loss, grad_norm = torch.stack([torch.stack(losses).mean(), grad_norm]).tolist()
         return (train_loss if math.isfinite(train_loss) else math.nan), grad_norm
 
-    def _gradient_norm(self) -> float:
+    def _gradient_norm_tensor(self) -> torch.Tensor:
         grads = [p.grad for p in self._params if p.grad is not None]
         if not grads:
-            return 0.0
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+    def _gradient_norm(self) -> float:
+        return float(self._gradient_norm_tensor())
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, float]:
         self._net.eval()
         logits = self._net(self._data.x_val)
-        loss = float(F.cross_entropy(logits, self._data.y_val))
-        accuracy = float((logits.argmax(dim=1) == self._data.y_val).float().mean())
-        return (loss if math.isfinite(loss) else math.inf), accuracy
+        y = self._data.y_val
+        loss, correct = torch.stack(
+            [F.cross_entropy(logits, y), (logits.argmax(dim=1) == y).sum()]
+        ).tolist()
+        return (loss if math.isfinite(loss) else math.inf), correct / len(y)
 
     def _update_bound(self) -> None:
         x, y = self._data.x_train[:PROBE], self._data.y_train[:PROBE]
@@ -565,36 +570,38 @@ def dnn_observation(
     """
 
     def log_ratio(a: float, b: float) -> float:
-        return math.log(a / b) if a > 0 and b > 0 else math.nan
+        if a != a or b != b or a <= 0 or b <= 0:
+            return math.nan
+        if math.isinf(a) or math.isinf(b):
+            return math.nan if a == b else (math.inf if a > b else -math.inf)
+        return math.log(a / b)
 
     def last(d: Sequence[float]) -> float:
         return d[-1] if d else 0.0
 
     def trend(d: Sequence[float]) -> float:
-        return float(np.mean(d[-TREND:])) if d else 0.0
+        return sum(d[-TREND:]) / len(d[-TREND:]) if d else 0.0
 
-    with np.errstate(divide="ignore", invalid="ignore"):
-        obs = np.array(
-            [
-                log_ratio(train_loss, train_loss0),
-                log_ratio(val_loss, val_loss0),
-                last(train_deltas),
-                last(val_deltas),
-                trend(train_deltas),
-                trend(val_deltas),
-                lr_prev_action,
-                math.log10(grad_norm) if grad_norm > 0 else -OBS_LIMIT,
-                log_ratio(grad_norm, grad_norm0),
-                accuracy,
-                log_ratio(val_loss, train_loss),
-                log_ratio(lr_prev, clip) if math.isfinite(clip) and lr_prev > 0 else 0.0,
-                progress,
-                float(adaptive),
-            ],
-            dtype=np.float64,
-        )
-    obs = np.nan_to_num(obs, nan=0.0, posinf=OBS_LIMIT, neginf=-OBS_LIMIT)
-    return np.clip(obs, -OBS_LIMIT, OBS_LIMIT).astype(np.float32)
+    obs = [
+        log_ratio(train_loss, train_loss0),
+        log_ratio(val_loss, val_loss0),
+        last(train_deltas),
+        last(val_deltas),
+        trend(train_deltas),
+        trend(val_deltas),
+        lr_prev_action,
+        math.log10(grad_norm) if grad_norm > 0 else -OBS_LIMIT,
+        log_ratio(grad_norm, grad_norm0),
+        accuracy,
+        log_ratio(val_loss, train_loss),
+        log_ratio(lr_prev, clip) if math.isfinite(clip) and lr_prev > 0 else 0.0,
+        progress,
+        float(adaptive),
+    ]
+    # plain floats: a NaN becomes 0, infinities and large values the limit
+    return np.array(
+        [0.0 if x != x else min(OBS_LIMIT, max(-OBS_LIMIT, x)) for x in obs], dtype=np.float32
+    )
 
 
 def _names(key: str, given: Any, accepted: Sequence[str]) -> tuple[str, ...]:
