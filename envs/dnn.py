@@ -130,7 +130,7 @@ class DNNEnv(LRControlEnv):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         width: int = 32,
-        steps_per_action: int = 5,
+        steps_per_action: int = 10,
         lr_range: Sequence[float] = (1e-2, 1.0),
         reward: str = "log_ratio",
         divergence_penalty: float = 10.0,
@@ -142,7 +142,7 @@ class DNNEnv(LRControlEnv):
         n_test: int = 2,
         instances: str | Sequence[str] = "train",
         instance_seed: int = 0,
-        horizon: int = 40,
+        horizon: int = 20,
     ) -> None:
         """Build the env; every bad value raises a one-line ``ValueError`` naming it.
 

@@ -6,8 +6,8 @@ optimizer and evaluates the same validation set once per decision, with no env a
 The overhead is ``env time / bare time - 1``: what the env adds (observation, bookkeeping,
 gradient norm, Gymnasium wrappers) on top of the work any training loop does.
 
-    python experiments/dnn_overhead.py                 # defaults: digits MLP, 3 repeats
-    python experiments/dnn_overhead.py --task blobs --episodes 5
+    python experiments/dnn_overhead.py                 # default env: digits MLP, 10 steps/decision
+    python experiments/dnn_overhead.py --steps-per-action 5 --episodes 15
 
 Wall-clock figures depend on the machine and its load: env and bare episodes alternate, and
 both the median and the minimum over the repeats are shown (the minimum is the least
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--model", default="mlp")
     parser.add_argument("--optimizer", default="sgd")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps-per-action", type=int, default=5)
+    parser.add_argument("--steps-per-action", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--episodes", type=int, default=10)
     args = parser.parse_args()
