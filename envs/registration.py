@@ -6,7 +6,7 @@ import gymnasium as gym
 
 #: Decisions per episode unless ``max_episode_steps`` is given to ``gymnasium.make``.
 NMF_EPISODE_STEPS = 50
-DNN_EPISODE_STEPS = 40
+DNN_EPISODE_STEPS = 20
 
 
 def register_envs() -> None:

@@ -21,6 +21,7 @@ import lrrl  # noqa: F401  (registers the environments)
 from lrrl import stats
 from lrrl.agents.baselines import (
     SCHEDULES,
+    Constant,
     Controller,
     ScheduleController,
     default_grid,
@@ -32,6 +33,14 @@ from lrrl.envs.base import as_float, as_int, check_options, require
 #: Keys of an env config that are not constructor arguments.
 ENV_META_KEYS = ("name", "id")
 
+#: Learning-rate-free references: ``name -> (inner optimizer, constant lr)``, the package's
+#: recommended learning rate. They run on envs that take an ``optimizer`` option (DNN).
+REFERENCES: dict[str, tuple[str, float]] = {
+    "schedulefree_sgd": ("schedulefree_sgd", 1.0),
+    "schedulefree_adamw": ("schedulefree_adamw", 2.5e-3),
+    "prodigy": ("prodigy", 1.0),
+}
+
 
 def split_env_config(env_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(env_id, kwargs)`` from an env config such as ``conf/env/nmf.yaml``."""
@@ -41,16 +50,20 @@ def split_env_config(env_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return env_cfg["id"], kwargs
 
 
-def make_env(env_id: str, **kwargs: Any) -> gym.Env:
-    """``gymnasium.make`` with the env's ``horizon`` as the time limit and checked options."""
+def env_options(env_id: str) -> list[str]:
+    """The constructor keyword arguments of a registered env."""
     if env_id not in gym.registry:
         lrrl_ids = sorted(k for k in gym.registry if k.startswith("lrrl/"))
         raise ValueError(f"env id={env_id!r} is invalid: expected one of {lrrl_ids}")
-    spec = gym.spec(env_id)
-    entry = spec.entry_point
+    entry = gym.spec(env_id).entry_point
     cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    check_options(f"env ({env_id})", kwargs, accepted)
+    return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+
+def make_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gymnasium.make`` with the env's ``horizon`` as the time limit and checked options."""
+    check_options(f"env ({env_id})", kwargs, env_options(env_id))
+    spec = gym.spec(env_id)
     horizon = kwargs.get("horizon", spec.max_episode_steps)
     return gym.make(env_id, max_episode_steps=horizon, disable_env_checker=True, **kwargs)
 
@@ -223,6 +236,7 @@ class EvalSettings:
     bootstrap_samples: int = 2000
     confidence: float = 0.95
     reference: bool = True
+    references: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, ev: Mapping[str, Any]) -> EvalSettings:
@@ -253,6 +267,9 @@ class EvalSettings:
             "a non-empty list of positive learning rates",
         )
         out.lr_grid = [float(x) for x in lrs]
+        out.references = list(out.references or [])
+        for name in out.references:
+            require(name in REFERENCES, "eval.references", name, f"names from {sorted(REFERENCES)}")
         out.grids = dict(out.grids or {})
         for name, options in out.grids.items():
             require(name in SCHEDULES, "eval.grids", name, f"keys from {sorted(SCHEDULES)}")
@@ -499,7 +516,9 @@ def compare(
     Test episodes use seeds from ``seed + 1`` and tuning episodes from ``seed + 2``, shared
     by every scheduler (common random numbers). ``agents`` are played as given; baselines
     that cannot run in this env (e.g. ``follow_bound`` without a bound) are skipped and
-    listed in :attr:`Comparison.skipped`.
+    listed in :attr:`Comparison.skipped`. ``settings.references`` (see :data:`REFERENCES`)
+    play a constant learning rate with the env's inner optimizer replaced, on envs that have
+    one (otherwise they are skipped too).
     """
     env = make_env(env_id, **env_kwargs)
     u = env.unwrapped
@@ -525,10 +544,25 @@ def compare(
             plans[name] = _budgeted(grid, settings.tune_budget, seed)
         else:
             plans[name] = search_space(name, settings.lr_grid)
+    refs: dict[str, Controller] = {}
+    for name in settings.references:
+        reason = None
+        if "optimizer" not in env_options(env_id):
+            reason = f"{name} skipped: {env_id} has no inner-optimizer option"
+        else:
+            try:  # e.g. the optimizer's package is not installed
+                make_env(env_id, **{**env_kwargs, "optimizer": REFERENCES[name][0]}).close()
+            except ValueError as err:
+                reason = f"{name} skipped: {err}"
+        if reason is not None:
+            skipped[name] = reason
+            log(reason)
+        else:
+            refs[name] = ScheduleController(name, Constant(REFERENCES[name][1]))
     trials = settings.tune_budget or DEFAULT_TRIALS
     total = sum(
         (len(p) if settings.tuner == "grid" else trials) * len(tune_runs) for p in plans.values()
-    ) + (len(names) + len(agents or {})) * len(test_runs)
+    ) + (len(names) + len(agents or {}) + len(refs)) * len(test_runs)
 
     references = reference_losses(env, test_instances) if settings.reference else {}
     env.close()
@@ -568,8 +602,15 @@ def compare(
             log(f"tuned {name}: {tuned.candidates} candidates, best {tuned.controller.params}")
         tasks = [(c, inst, s) for c in controllers.values() for inst, s in test_runs]
         flat = run_tasks(env_id, env_kwargs, tasks, settings.n_jobs, advance)
-    k = len(test_runs)
-    episodes = {name: flat[i * k : (i + 1) * k] for i, name in enumerate(controllers)}
+        k = len(test_runs)
+        episodes = {name: flat[i * k : (i + 1) * k] for i, name in enumerate(controllers)}
+        for name, controller in refs.items():
+            # Same instances and episode seeds, the env's inner optimizer swapped for the reference.
+            optimizer, lr = REFERENCES[name]
+            kwargs = {**env_kwargs, "optimizer": optimizer}
+            tasks = [(controller, inst, s) for inst, s in test_runs]
+            episodes[name] = run_tasks(env_id, kwargs, tasks, settings.n_jobs, advance)
+            details[name] = {"params": {"kind": "reference", "optimizer": optimizer, "lr": lr}}
     result = Comparison(settings.split, episodes, details, skipped, references)
     result.summaries = {
         name: summarise(eps, references, settings.bootstrap_samples, settings.confidence, seed)

