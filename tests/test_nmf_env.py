@@ -338,3 +338,26 @@ def test_minibatch_variance_estimate_matches_sampling():
     implied = float(terms.lr_bound)
     if implied < float(terms.deterministic):
         assert implied == pytest.approx(min(det_w * rho_w, implied), rel=0.05)
+
+
+def test_default_config_highest_action_reaches_the_clip_on_every_instance():
+    """The shipped config's absolute lr range tops every instance's clip at every decision."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from lrrl.harness import make_env, split_env_config
+
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="train"), resolve=True)
+    env_id, kwargs = split_env_config(cfg["env"])
+    env = make_env(env_id, **kwargs)
+    assert env.unwrapped.action_mode == "log_lr"
+    for instance in env.unwrapped.instances("all"):
+        env.reset(seed=0, options={"instance": instance})
+        for _ in range(env.unwrapped.horizon):
+            _, _, terminated, truncated, info = env.step(np.ones(1, dtype=np.float32))
+            assert info["clipped"] and info["lr"] == pytest.approx(
+                kwargs["bound_scale"] * info["lr_bound"]
+            ), instance
+            if terminated or truncated:
+                break
