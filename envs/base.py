@@ -49,9 +49,65 @@ class LRControlEnv(gym.Env):
     #: Decisions per episode (the registration's ``max_episode_steps`` is set to the same value).
     horizon: int
 
+    #: Instances by split, ``"all"`` included (set by :meth:`_hold_instances`).
+    _suite: dict[str, list[Any]]
+    #: Every instance by name.
+    _by_name: dict[str, Any]
+    #: The instances ``reset`` samples from when no instance is asked for.
+    _pool: list[Any]
+    _instance: Any = None
+
     def instances(self, split: str) -> list[Any]:
         """The problem instances of a split (``"train"``, ``"test"``, ...), in a fixed order."""
-        raise NotImplementedError
+        require(split in self._suite, "split", split, f"one of {tuple(self._suite)}")
+        return list(self._suite[split])
+
+    @property
+    def instance(self) -> Any:
+        """The instance of the current episode."""
+        return self._instance
+
+    def _hold_instances(self, suite: dict[str, list[Any]], instances: str | Sequence[str]) -> None:
+        """Keep ``suite`` (split -> instances, ``"all"`` included) and pick the sampling pool:
+        a split name or a list of instance names."""
+        self._suite = suite
+        self._by_name = {inst.name: inst for inst in suite["all"]}
+        if isinstance(instances, str):
+            splits = tuple(suite)
+            require(
+                instances in splits, "instances", instances, f"one of {splits} or a list of names"
+            )
+            require(len(suite[instances]) > 0, "instances", instances, "a split with instances")
+            self._pool = list(suite[instances])
+        else:
+            unknown = [name for name in instances if name not in self._by_name]
+            require(
+                not unknown and len(instances) > 0,
+                "instances",
+                list(instances),
+                "known instance names",
+            )
+            self._pool = [self._by_name[name] for name in instances]
+
+    def _resolve(self, chosen: Any) -> Any:
+        """The instance ``reset(options={"instance": chosen})`` asks for: an instance, a name or
+        an index into the pool."""
+        if isinstance(chosen, str):
+            require(chosen in self._by_name, "instance", chosen, "a known instance name")
+            return self._by_name[chosen]
+        if isinstance(chosen, (int, np.integer)) and not isinstance(chosen, bool):
+            require(
+                0 <= chosen < len(self._pool),
+                "instance",
+                chosen,
+                f"an index below {len(self._pool)}",
+            )
+            return self._pool[int(chosen)]
+        if getattr(chosen, "name", None) in self._by_name:
+            return chosen
+        raise ValueError(
+            f"instance={chosen!r} is invalid: expected an instance, a name or an index"
+        )
 
     _lr_request: float | None = None
 
@@ -130,6 +186,24 @@ def as_float(
     if high is not None:
         require(value <= high, key, value, accepted)
     return value
+
+
+def log_range_lr(action: Any, low: float, high: float) -> float:
+    """The learning rate of an action in [-1, 1] mapped log-linearly onto ``[low, high]``
+    (out-of-range actions saturate; NaN counts as -1)."""
+    a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+    a = -1.0 if math.isnan(a) else min(1.0, max(-1.0, a))
+    return math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+
+
+def log_range_action(lr: float, low: float, high: float) -> np.ndarray:
+    """The inverse of :func:`log_range_lr`, saturated to [-1, 1] (``lr <= 0`` gives -1)."""
+    a = (
+        2.0 * (math.log(lr) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
+        if lr > 0
+        else -1.0
+    )
+    return np.array([min(1.0, max(-1.0, a))], dtype=np.float32)
 
 
 def log_ratio_reward(loss_prev: float, loss: float) -> float:

@@ -16,6 +16,8 @@ from lrrl.envs.base import (
     as_float,
     as_int,
     is_diverged,
+    log_range_action,
+    log_range_lr,
     log_ratio_reward,
     require,
 )
@@ -32,7 +34,6 @@ from lrrl.envs.dnn_tasks import (
     COMPATIBLE,
     MODELS,
     SEQ_VOCAB,
-    SPLITS,
     TASKS,
     DNNInstance,
     load_task,
@@ -238,27 +239,14 @@ class DNNEnv(LRControlEnv):
             self.instance_seed,
         )
         self._suite["all"] = self._suite["train"] + self._suite["test"] + self._suite["heldout"]
-        self._by_name = {inst.name: inst for inst in self._suite["all"]}
-        if isinstance(instances, str):
+        if instances == "heldout":
             require(
-                instances in SPLITS, "instances", instances, f"one of {SPLITS} or a list of names"
-            )
-            require(
-                len(self._suite[instances]) > 0,
+                len(self._suite["heldout"]) > 0,
                 "instances",
                 instances,
                 "a split with instances (every task and model is already in training)",
             )
-            self._pool = self._suite[instances]
-        else:
-            unknown = [name for name in instances if name not in self._by_name]
-            require(
-                not unknown and len(instances) > 0,
-                "instances",
-                list(instances),
-                "known instance names",
-            )
-            self._pool = [self._by_name[name] for name in instances]
+        self._hold_instances(self._suite, instances)
         self._instances_arg = instances if isinstance(instances, str) else list(instances)
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
@@ -269,16 +257,6 @@ class DNNEnv(LRControlEnv):
         self._lr_bound = math.inf
 
     # -- the public contract -------------------------------------------------------------
-
-    def instances(self, split: str) -> list[DNNInstance]:
-        """The instances of ``split`` (``train``, ``test``, ``heldout``, ``all``), fixed order."""
-        require(split in SPLITS, "split", split, f"one of {SPLITS}")
-        return list(self._suite[split])
-
-    @property
-    def instance(self) -> DNNInstance:
-        """The instance of the current episode."""
-        return self._instance
 
     @property
     def model(self) -> torch.nn.Module:
@@ -317,35 +295,12 @@ class DNNEnv(LRControlEnv):
 
     def lr_for_action(self, action: np.ndarray) -> float:
         """The learning rate an action requests (before clipping); NaN actions count as -1."""
-        a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-        a = -1.0 if math.isnan(a) else min(1.0, max(-1.0, a))
-        low, high = self.lr_range
-        return math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+        return log_range_lr(action, *self.lr_range)
 
     def action_for_lr(self, lr: float) -> np.ndarray:
-        low, high = self.lr_range
-        a = 2.0 * (math.log(lr) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
-        return np.array([min(1.0, max(-1.0, a))], dtype=np.float32)
+        return log_range_action(lr, *self.lr_range)
 
     # -- gymnasium API --------------------------------------------------------------------
-
-    def _resolve(self, chosen: Any) -> DNNInstance:
-        if isinstance(chosen, DNNInstance):
-            return chosen
-        if isinstance(chosen, str):
-            require(chosen in self._by_name, "instance", chosen, "a known instance name")
-            return self._by_name[chosen]
-        if isinstance(chosen, (int, np.integer)):
-            require(
-                0 <= chosen < len(self._pool),
-                "instance",
-                chosen,
-                f"an index below {len(self._pool)}",
-            )
-            return self._pool[int(chosen)]
-        raise ValueError(
-            f"instance={chosen!r} is invalid: expected a DNNInstance, a name or an index"
-        )
 
     def _network(self, inst: DNNInstance) -> torch.nn.Module:
         key = (inst.task, inst.model)

@@ -16,10 +16,11 @@ from lrrl.envs.base import (
     as_float,
     as_int,
     is_diverged,
+    log_range_action,
     log_ratio_reward,
     require,
 )
-from lrrl.envs.nmf_instances import SPLITS, SUITES, NMFInstance, make_suite
+from lrrl.envs.nmf_instances import SUITES, make_suite
 
 ACTION_MODES = ("bound", "log_lr")
 BOUNDS = ("noisy", "deterministic", "none")
@@ -212,7 +213,6 @@ class NMFEnv(LRControlEnv):
 
         self._suite = make_suite(self.shape, self.rank, suite, self.instance_seed)
         self._suite["all"] = self._suite["train"] + self._suite["test"]
-        self._by_name = {inst.name: inst for inst in self._suite["all"]}
         for inst in self._suite["all"]:
             require(
                 self.rank <= min(inst.shape),
@@ -220,20 +220,7 @@ class NMFEnv(LRControlEnv):
                 rank,
                 f"an integer <= {min(inst.shape)} (instance {inst.name} is {inst.shape[0]}x{inst.shape[1]})",
             )
-        if isinstance(instances, str):
-            require(
-                instances in SPLITS, "instances", instances, f"one of {SPLITS} or a list of names"
-            )
-            self._pool = self._suite[instances]
-        else:
-            unknown = [name for name in instances if name not in self._by_name]
-            require(
-                not unknown and len(instances) > 0,
-                "instances",
-                list(instances),
-                "known instance names",
-            )
-            self._pool = [self._by_name[name] for name in instances]
+        self._hold_instances(self._suite, instances)
         self._instances_arg = instances if isinstance(instances, str) else list(instances)
 
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
@@ -242,16 +229,6 @@ class NMFEnv(LRControlEnv):
         self._V: torch.Tensor | None = None
 
     # -- the public contract -------------------------------------------------------------
-
-    def instances(self, split: str) -> list[NMFInstance]:
-        """The instances of ``split`` (``"train"``, ``"test"`` or ``"all"``) in a fixed order."""
-        require(split in SPLITS, "split", split, f"one of {SPLITS}")
-        return list(self._suite[split])
-
-    @property
-    def instance(self) -> NMFInstance:
-        """The instance of the current episode."""
-        return self._instance
 
     @property
     def V(self) -> np.ndarray:
@@ -303,34 +280,10 @@ class NMFEnv(LRControlEnv):
 
     def action_for_lr(self, lr: float) -> np.ndarray:
         if self.action_mode == "bound":
-            low, high, lr = self.lr_floor, self.lr_ceiling, lr / self.clip
-        else:
-            low, high = self.lr_range
-        if lr > 0:
-            a = 2.0 * (math.log(lr) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
-        else:
-            a = -1.0
-        return np.array([min(1.0, max(-1.0, a))], dtype=np.float32)
+            return log_range_action(lr / self.clip, self.lr_floor, self.lr_ceiling)
+        return log_range_action(lr, *self.lr_range)
 
     # -- gymnasium API --------------------------------------------------------------------
-
-    def _resolve(self, chosen: Any) -> NMFInstance:
-        if isinstance(chosen, NMFInstance):
-            return chosen
-        if isinstance(chosen, str):
-            require(chosen in self._by_name, "instance", chosen, "a known instance name")
-            return self._by_name[chosen]
-        if isinstance(chosen, (int, np.integer)):
-            require(
-                0 <= chosen < len(self._pool),
-                "instance",
-                chosen,
-                f"an index below {len(self._pool)}",
-            )
-            return self._pool[int(chosen)]
-        raise ValueError(
-            f"instance={chosen!r} is invalid: expected an NMFInstance, a name or an index"
-        )
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
