@@ -188,6 +188,20 @@ def as_float(
     return value
 
 
+def as_lr_range(key: str, value: Any) -> tuple[float, float]:
+    """A learning-rate range option: a pair ``(low, high)`` with ``0 < low < high``."""
+    require(
+        isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2,
+        key,
+        value,
+        "a pair (low, high)",
+    )
+    low = as_float(f"{key}[0]", value[0], 0.0, strict=True)
+    high = as_float(f"{key}[1]", value[1], 0.0, strict=True)
+    require(low < high, key, list(value), "low < high")
+    return low, high
+
+
 def log_range_lr(action: Any, low: float, high: float) -> float:
     """The learning rate of an action in [-1, 1] mapped log-linearly onto ``[low, high]``
     (out-of-range actions saturate; NaN counts as -1)."""

@@ -15,6 +15,7 @@ from lrrl.envs.base import (
     LRControlEnv,
     as_float,
     as_int,
+    as_lr_range,
     is_diverged,
     log_range_action,
     log_range_lr,
@@ -205,16 +206,7 @@ class DNNEnv(LRControlEnv):
         self.weight_decay = as_float("weight_decay", weight_decay, 0.0)
         self.width = as_int("width", width, 2)
         self.steps_per_action = as_int("steps_per_action", steps_per_action, 1)
-        require(
-            isinstance(lr_range, Sequence) and not isinstance(lr_range, str) and len(lr_range) == 2,
-            "lr_range",
-            lr_range,
-            "a pair (low, high)",
-        )
-        low = as_float("lr_range[0]", lr_range[0], 0.0, strict=True)
-        high = as_float("lr_range[1]", lr_range[1], 0.0, strict=True)
-        require(low < high, "lr_range", list(lr_range), "low < high")
-        self.lr_range = (low, high)
+        self.lr_range = as_lr_range("lr_range", lr_range)
         require(reward in REWARDS, "reward", reward, f"one of {REWARDS}")
         self.reward_mode = reward
         self.divergence_penalty = as_float("divergence_penalty", divergence_penalty, 0.0)

@@ -15,6 +15,7 @@ from lrrl.envs.base import (
     LRControlEnv,
     as_float,
     as_int,
+    as_lr_range,
     is_diverged,
     log_range_action,
     log_ratio_reward,
@@ -178,16 +179,7 @@ class NMFEnv(LRControlEnv):
         self.bound, self.action_mode = bound, action_mode
         self.lr_floor = as_float("lr_floor", lr_floor, 0.0, 1.0, strict=True)
         self.lr_ceiling = as_float("lr_ceiling", lr_ceiling, 1.0)
-        require(
-            isinstance(lr_range, Sequence) and len(lr_range) == 2,
-            "lr_range",
-            lr_range,
-            "a pair (low, high)",
-        )
-        low = as_float("lr_range[0]", lr_range[0], 0.0, strict=True)
-        high = as_float("lr_range[1]", lr_range[1], 0.0, strict=True)
-        require(low < high, "lr_range", list(lr_range), "low < high")
-        self.lr_range = (low, high)
+        self.lr_range = as_lr_range("lr_range", lr_range)
         require(reward in REWARDS, "reward", reward, f"one of {REWARDS}")
         self.reward_mode = reward
         self.divergence_penalty = as_float("divergence_penalty", divergence_penalty, 0.0)
