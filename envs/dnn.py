@@ -333,7 +333,7 @@ class DNNEnv(LRControlEnv):
         loss = F.cross_entropy(self._net(x), y)
         loss.backward()
         self._train_loss0 = self._train_loss = float(loss.detach())
-        self._grad_norm0 = self._grad_norm = self._gradient_norm()
+        self._grad_norm0 = self._grad_norm = float(self._gradient_norm_tensor())
         self._net.zero_grad(set_to_none=True)
         self._val_loss0, self._accuracy = self._validate()
         self._val_loss = self._val_loss0
@@ -438,9 +438,6 @@ class DNNEnv(LRControlEnv):
         if not grads:
             return torch.zeros(())
         return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-    def _gradient_norm(self) -> float:
-        return float(self._gradient_norm_tensor())
 
     @torch.no_grad()
     def _validate(self) -> tuple[float, float]:

@@ -20,43 +20,31 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "schedulefree_sgd", "schedulefree_adamw", 
 ADAPTIVE = ("adam", "adamw", "schedulefree_adamw", "prodigy")
 
 
-class MLP(nn.Module):
+def mlp(in_features: int, classes: int, width: int) -> nn.Sequential:
     """Two hidden ReLU layers of ``width`` units on flattened inputs."""
-
-    def __init__(self, in_features: int, classes: int, width: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(in_features, width),
-            nn.ReLU(),
-            nn.Linear(width, width),
-            nn.ReLU(),
-            nn.Linear(width, classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_features, width),
+        nn.ReLU(),
+        nn.Linear(width, width),
+        nn.ReLU(),
+        nn.Linear(width, classes),
+    )
 
 
-class CNN(nn.Module):
+def cnn(channels: int, classes: int, width: int) -> nn.Sequential:
     """Two 3x3 convolutions (``width // 4`` and ``width // 2`` channels), pooling, a linear head."""
-
-    def __init__(self, channels: int, classes: int, width: int) -> None:
-        super().__init__()
-        c1, c2 = max(4, width // 4), max(8, width // 2)
-        self.net = nn.Sequential(
-            nn.Conv2d(channels, c1, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(c2, classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    c1, c2 = max(4, width // 4), max(8, width // 2)
+    return nn.Sequential(
+        nn.Conv2d(channels, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(c2, classes),
+    )
 
 
 class GRUClassifier(nn.Module):
@@ -99,9 +87,9 @@ def build_model(
 ) -> nn.Module:
     """The ``model`` network for inputs of ``input_shape`` (without the batch dimension)."""
     if model == "mlp":
-        return MLP(math.prod(input_shape), classes, width)
+        return mlp(math.prod(input_shape), classes, width)
     if model == "cnn":
-        return CNN(int(input_shape[0]), classes, width)
+        return cnn(int(input_shape[0]), classes, width)
     if model == "gru":
         return GRUClassifier(vocab, classes, width)
     if model == "attention":

@@ -287,8 +287,7 @@ class NMFEnv(LRControlEnv):
             self._instance = self._resolve(options["instance"])
         else:
             self._instance = self._pool[int(self.np_random.integers(len(self._pool)))]
-        inst = self._instance
-        require(self.rank <= min(inst.shape), "rank", self.rank, f"an integer <= {min(inst.shape)}")
+        inst = self._instance  # every instance's shape admits the rank (checked in __init__)
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(int(self.np_random.integers(2**62)))
 

@@ -15,7 +15,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import lrrl  # noqa: F401
 from lrrl.envs.base import INFO_KEYS
 from lrrl.envs.dnn import DNNEnv
-from lrrl.envs.dnn_models import MLP, top_hessian_eigenvalue
+from lrrl.envs.dnn_models import mlp, top_hessian_eigenvalue
 from lrrl.envs.dnn_tasks import COMPATIBLE, load_task, mnist_available
 from lrrl.harness import EvalSettings, compare, make_env
 
@@ -220,7 +220,7 @@ def test_final_accuracy_reward_pays_at_the_end():
 
 def test_power_iteration_matches_the_exact_hessian():
     torch.manual_seed(0)
-    net = MLP(3, 2, 4).double()
+    net = mlp(3, 2, 4).double()
     x = torch.randn(40, 3, dtype=torch.float64)
     y = torch.randint(0, 2, (40,))
     names = [n for n, _ in net.named_parameters()]
