@@ -309,11 +309,16 @@ class NMFEnv(LRControlEnv):
         )
 
         self._t = 0
-        R = nmf_ops.residual(self._V, self._W, self._H)
-        self._loss0 = self._loss = float(nmf_ops.loss_from_residual(R))
+        with torch.inference_mode():
+            R = nmf_ops.residual(self._V, self._W, self._H)
+            terms = self._bound_terms(self._W, self._H, R)
+            loss0, lr_bound, noise_ratio = torch.stack(
+                [nmf_ops.loss_from_residual(R), terms.lr_bound, terms.noise_ratio]
+            ).tolist()
+        self._loss0 = self._loss = loss0
         self._deltas = [0.0] * HISTORY
         self._lr_prev = math.nan
-        self._update_bound(R)
+        self._set_bound(loss0, lr_bound, noise_ratio)
         info = {
             "lr": math.nan,
             "lr_bound": self._lr_bound if self.bound != "none" else math.inf,
@@ -364,15 +369,24 @@ class NMFEnv(LRControlEnv):
                 )
                 caps.append(min_cap)
             R = nmf_ops.residual(self._V, W, H)
-            loss = float(nmf_ops.loss_from_residual(R))
-            inner_capped = int((torch.stack(caps) < lr_t).sum()) if cap is not None else 0
+            capped = (torch.stack(caps) < lr_t).sum() if cap is not None else R.new_zeros(())
+            terms = self._bound_terms(W, H, R)
+            # One device-to-host transfer per decision: loss, inner caps and the next bound.
+            loss, inner_capped, lr_bound_next, noise_ratio = torch.stack(
+                [
+                    nmf_ops.loss_from_residual(R),
+                    capped.to(R.dtype),
+                    terms.lr_bound,
+                    terms.noise_ratio,
+                ]
+            ).tolist()
         self._W, self._H = W, H
         self._t += 1
 
         loss_prev = self._loss
         diverged = is_diverged(loss, self._loss0, self.max_loss_ratio)
         if not diverged:
-            self._update_bound(R)
+            self._set_bound(loss, lr_bound_next, noise_ratio)
             diverged = not self._healthy
         if diverged:
             self._healthy = False
@@ -394,7 +408,7 @@ class NMFEnv(LRControlEnv):
             "diverged": bool(diverged),
             "instance": self._instance.name,
             "noise_ratio": self._noise_ratio,
-            "inner_capped": inner_capped,
+            "inner_capped": int(inner_capped),
         }
         return self._observation(), float(reward), bool(diverged), False, info
 
@@ -416,22 +430,17 @@ class NMFEnv(LRControlEnv):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _update_bound(self, R: torch.Tensor) -> None:
+    def _bound_terms(self, W: torch.Tensor, H: torch.Tensor, R: torch.Tensor) -> nmf_ops.BoundTerms:
         with torch.inference_mode():
-            terms = nmf_ops.stability_bound(
-                self._V,
-                self._W,
-                self._H,
-                self.noise_std,
-                self.batch_size,
-                noisy=self.bound == "noisy",
-                R=R,
+            return nmf_ops.stability_bound(
+                self._V, W, H, self.noise_std, self.batch_size, noisy=self.bound == "noisy", R=R
             )
-            summary = torch.stack([terms.lr_bound, terms.noise_ratio])
-        # One device-to-host transfer. Non-finite factors make a Gram matrix non-finite, whose
-        # eigenvalue counts as inf, so the bound is 0 (or NaN): no separate finiteness check.
-        self._lr_bound, self._noise_ratio = summary.tolist()
-        self._healthy = math.isfinite(self._loss) and 0.0 < self._lr_bound < math.inf
+
+    def _set_bound(self, loss: float, lr_bound: float, noise_ratio: float) -> None:
+        # Non-finite factors make a Gram matrix non-finite, whose eigenvalue counts as inf, so
+        # the bound is 0 (or NaN): no separate finiteness check.
+        self._lr_bound, self._noise_ratio = lr_bound, noise_ratio
+        self._healthy = math.isfinite(loss) and 0.0 < lr_bound < math.inf
 
     def _observation(self) -> np.ndarray:
         return nmf_observation(
