@@ -188,6 +188,22 @@ def as_float(
     return value
 
 
+def as_names(key: str, value: Any, accepted: Sequence[str] | None = None) -> tuple[str, ...]:
+    """A non-empty list of names (from ``accepted``, when given), as a tuple."""
+    what = "a non-empty list of names" + (f" from {list(accepted)}" if accepted else "")
+    require(
+        isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
+        key,
+        value,
+        what,
+    )
+    for name in value:
+        require(isinstance(name, str), key, name, what)
+        if accepted is not None:
+            require(name in accepted, key, name, what)
+    return tuple(value)
+
+
 def as_lr_range(key: str, value: Any) -> tuple[float, float]:
     """A learning-rate range option: a pair ``(low, high)`` with ``0 < low < high``."""
     require(
@@ -202,22 +218,31 @@ def as_lr_range(key: str, value: Any) -> tuple[float, float]:
     return low, high
 
 
+def log_range_lrs(actions: Any, low: float, high: float) -> np.ndarray:
+    """The learning rates of actions in [-1, 1] mapped log-linearly onto ``[low, high]``
+    (out-of-range actions saturate; NaN counts as -1). Works elementwise on any shape."""
+    a = np.asarray(actions, dtype=np.float64)
+    a = np.where(np.isnan(a), -1.0, np.clip(a, -1.0, 1.0))
+    return np.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+
+
+def log_range_actions(lrs: Any, low: float, high: float) -> np.ndarray:
+    """The inverse of :func:`log_range_lrs`, saturated to [-1, 1] (``lr <= 0`` gives -1)."""
+    lr = np.asarray(lrs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = 2.0 * (np.log(lr) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
+    a = np.where(lr > 0, np.nan_to_num(a, nan=-1.0), -1.0)
+    return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
 def log_range_lr(action: Any, low: float, high: float) -> float:
-    """The learning rate of an action in [-1, 1] mapped log-linearly onto ``[low, high]``
-    (out-of-range actions saturate; NaN counts as -1)."""
-    a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-    a = -1.0 if math.isnan(a) else min(1.0, max(-1.0, a))
-    return math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+    """:func:`log_range_lrs` of one action (the first entry of ``action``)."""
+    return float(log_range_lrs(np.asarray(action, dtype=np.float64).reshape(-1)[:1], low, high)[0])
 
 
 def log_range_action(lr: float, low: float, high: float) -> np.ndarray:
-    """The inverse of :func:`log_range_lr`, saturated to [-1, 1] (``lr <= 0`` gives -1)."""
-    a = (
-        2.0 * (math.log(lr) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
-        if lr > 0
-        else -1.0
-    )
-    return np.array([min(1.0, max(-1.0, a))], dtype=np.float32)
+    """:func:`log_range_actions` of one learning rate: an action of shape ``(1,)``."""
+    return log_range_actions(np.array([lr], dtype=np.float64), low, high)
 
 
 def log_ratio_reward(loss_prev: float, loss: float) -> float:
