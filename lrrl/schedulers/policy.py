@@ -67,15 +67,16 @@ class NMFObservation:
         lr_bound: FloatSource | None = None,
         noise_ratio: FloatSource = 0.0,
     ) -> None:
-        from lrrl.envs.nmf import HISTORY
+        from lrrl.envs.nmf import HISTORY, NMFConfig
 
-        self.env = env
-        self.has_bound = env.get("bound", "noisy") != "none"
-        self.bound_scale = float(env.get("bound_scale", 1.0))
-        stand_in = float(reference_lr) / self.bound_scale if self.bound_scale > 0 else reference_lr
+        # The run's env options, with the env's own defaults for anything not saved.
+        options = {k: v for k, v in env.items() if k not in ("name", "id")}
+        self.config = NMFConfig.build(**options)
+        self.has_bound = self.config.bound != "none"
+        self.bound_scale = self.config.bound_scale
+        stand_in = float(reference_lr) / self.bound_scale
         self.lr_bound_source = lr_bound if lr_bound is not None else stand_in
         self.noise_source = noise_ratio
-        self.history = HISTORY
         self.deltas = [0.0] * HISTORY
         self.loss_prev: float | None = None
         self.lr_bound = 0.0
@@ -112,16 +113,7 @@ class NMFObservation:
     def lr_for_action(self, action: np.ndarray) -> float:
         from lrrl.envs.nmf import nmf_lr_for_action
 
-        e = self.env
-        requested = nmf_lr_for_action(
-            action,
-            e.get("action_mode", "bound"),
-            self.clip,
-            float(e.get("lr_floor", 1e-2)),
-            float(e.get("lr_ceiling", 2.0)),
-            list(e.get("lr_range", (1e-4, 10.0))),
-        )
-        return min(requested, self.clip)
+        return min(nmf_lr_for_action(action, self.config, self.clip), self.clip)
 
     def observe(self, loss0: float, loss: float, lr: float, progress: float) -> np.ndarray:
         loss_prev = loss0 if self.loss_prev is None else self.loss_prev
