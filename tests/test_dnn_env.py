@@ -13,11 +13,13 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import lrrl  # noqa: F401
+from lrrl.comparison import compare
+from lrrl.config import EnvSpec, EvalConfig
 from lrrl.envs.base import INFO_KEYS
 from lrrl.envs.dnn import DNNEnv
 from lrrl.envs.dnn_models import mlp, top_hessian_eigenvalue
 from lrrl.envs.dnn_tasks import COMPATIBLE, load_task, mnist_available
-from lrrl.harness import EvalSettings, compare, make_env
+from lrrl.envs.registration import make_env
 
 #: A cheap env: one inner step per decision, short episodes.
 SMALL = {"steps_per_action": 1, "horizon": 6, "batch_sizes": [16]}
@@ -276,26 +278,21 @@ def test_bound_stays_positive_and_finite_along_training():
 
 
 def test_references_are_skipped_on_envs_without_an_optimizer_option():
-    settings = EvalSettings.from_config(
-        {"references": ["prodigy"], "episodes_per_instance": 1, "baselines": []}
+    settings = EvalConfig.from_dict(
+        {"references": ["prodigy"], "episodes_per_instance": 1, "baselines": [], "unclipped": []}
     )
     logged = []
-    result = compare(
-        "lrrl/NMF-v0",
-        {"shape": [20, 16], "rank": 3, "horizon": 2, "steps_per_action": 1, "suite": "synthetic"},
-        settings,
-        seed=0,
-        baselines=[],
-        log=logged.append,
-    )
+    nmf = {"shape": [20, 16], "rank": 3, "horizon": 2, "steps_per_action": 1}
+    env = EnvSpec.from_dict({"id": "lrrl/NMF-v0", **nmf, "families": ["base"], "n_test": 1})
+    result = compare(env, settings, log=logged.append)
     assert "prodigy" in result.skipped and "prodigy" not in result.episodes
     assert any("prodigy skipped" in line for line in logged)
     with pytest.raises(ValueError, match="eval.references"):
-        EvalSettings.from_config({"references": ["adagrad"]})
+        EvalConfig.from_dict({"references": ["adagrad"]})
 
 
 def test_references_run_on_the_same_instances_and_seeds():
-    settings = EvalSettings.from_config(
+    settings = EvalConfig.from_dict(
         {
             "references": ["schedulefree_adamw", "prodigy"],
             "episodes_per_instance": 1,
@@ -304,7 +301,8 @@ def test_references_run_on_the_same_instances_and_seeds():
             "reference": True,
         }
     )
-    result = compare("lrrl/DNN-v0", {**SMALL, "n_test": 1}, settings, seed=0)
+    env = EnvSpec.from_dict({"id": "lrrl/DNN-v0", **SMALL, "n_test": 1})
+    result = compare(env, settings, log=str)
     assert set(result.episodes) == {"cosine", "schedulefree_adamw", "prodigy"}
     keys = {n: [(e.instance, e.seed) for e in eps] for n, eps in result.episodes.items()}
     assert keys["prodigy"] == keys["cosine"] == keys["schedulefree_adamw"]
@@ -332,8 +330,9 @@ def test_smoke_run_end_to_end(tmp_path):
     expected |= {"schedulefree_sgd", "schedulefree_adamw", "prodigy"}
     assert expected <= set(metrics["schedulers"])
     assert "follow_bound" not in metrics["schedulers"]  # no bound by default
+    assert "constant@unclipped" not in metrics["schedulers"]  # no clip to remove
     assert metrics["schedulers"]["cosine"]["tuned_on"] == "train"
     for summary in metrics["schedulers"].values():
-        assert summary["final_loss"] > 0 and summary["gap"] is None
+        assert summary["final_loss"] > 0 and "gap_iqm" not in summary
     schedule = json.loads((tmp_path / "schedule.json").read_text())
     assert schedule["steps_per_action"] == 2 and len(schedule["lr"]) == 8
