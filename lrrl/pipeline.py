@@ -26,7 +26,7 @@ from lrrl.envs.base import as_int, check_options
 from lrrl.harness import Episode, EvalSettings, compare, make_env, split_env_config, summarise
 from lrrl.outputs import plot_schedules, schedule_payload, write_json
 from lrrl.seeding import seed_everything
-from lrrl.tracking import TrackingCallback, make_tracker
+from lrrl.tracking import LOGGERS, TrackingCallback, make_tracker
 
 #: Top-level keys of a composed ``train`` config.
 CONFIG_KEYS = ("seed", "torch_threads", "progress_bar", "eval", "env", "agent", "logger")
@@ -105,9 +105,7 @@ def validate(config: dict[str, Any]) -> Plan:
         except ValueError as err:
             raise ConfigError(f"eval.{key}: {err}") from None
     logger = config.get("logger") or {}
-    _check(
-        logger.get("name") in ("none", "wandb"), "logger", logger.get("name"), "'none' or 'wandb'"
-    )
+    _check(logger.get("name") in LOGGERS, "logger", logger.get("name"), f"one of {list(LOGGERS)}")
     return Plan(
         env_id,
         env_kwargs,
