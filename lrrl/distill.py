@@ -42,10 +42,9 @@ from lrrl.cli import ConfigError, fail
 from lrrl.envs.base import as_int
 from lrrl.harness import Episode, episode_seeds, evaluate, make_env, split_env_config, summarise
 from lrrl.outputs import write_json
+from lrrl.schedulers.greedylr import GREEDYLR_SCHEMA
 from lrrl.schedulers.policy import load_run
 from lrrl.seeding import seed_everything
-
-GREEDYLR_SCHEMA = "lrrl.greedylr/v1"
 
 
 def _usable(episodes: list[Episode]) -> list[Episode]:
