@@ -1,13 +1,17 @@
-"""Fixtures shared by test modules: a real (smoke-sized) training run directory."""
+"""Shared by test modules: a real (smoke-sized) training run directory; importable examples."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
+
+# The example scripts of experiments/ (hf_trainer, lightning_example) are tested by import.
+sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
 
 
 @pytest.fixture(scope="session")

@@ -14,18 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import hf_trainer
 import pytest
 import torch
+from expected_lrs import greedy_lrs, policy_lrs, replay_lrs
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.optimization import GreedyLR as HFGreedyLR
 
 from lrrl.integrations.hf import TrainingLossCallback
 from lrrl.schedule import load_schedule
-from lrrl.schedulers import GreedyLR, PolicyScheduler, ScheduleReplay, load_greedylr
-
-EXPERIMENTS = Path(__file__).parents[1] / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))
-import hf_trainer  # noqa: E402  (an example script, importable from experiments/)
+from lrrl.schedulers import load_greedylr
 
 STEPS, LR = 40, 1e-3
 SMALL = {"steps": STEPS, "lr": LR, "batch_size": 8, "block_size": 32}
@@ -55,10 +53,6 @@ def _train(name: str, run_dir: Path, tmp_path: Path, **options: Any) -> tuple[An
     return trainer, probe
 
 
-def _dummy_optimizer(lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-
-
 def test_greedy_scheduler_type_steps_on_each_eval_loss(smoke_run: Path, tmp_path: Path) -> None:
     spec = load_greedylr(smoke_run / "greedylr.json").rescaled(LR)
     params = {**spec.params, "patience": 1}  # 20 evaluations then move the lr several times
@@ -67,14 +61,8 @@ def test_greedy_scheduler_type_steps_on_each_eval_loss(smoke_run: Path, tmp_path
 
     eval_loss = {e["step"]: e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e}
     assert sorted(eval_loss) == list(range(2, STEPS + 1, 2))
-    optimizer = _dummy_optimizer(spec.initial_lr)
-    ours = GreedyLR(optimizer, **params)
-    expected = []
-    for step in range(1, STEPS + 1):
-        expected.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()  # no gradient: changes nothing, keeps torch's step-order check quiet
-        if step in eval_loss:  # after the step's evaluation, never between evaluations
-            ours.step(eval_loss[step])
+    # lrrl's GreedyLR, stepped after each evaluation (never between them), agrees.
+    expected = greedy_lrs(spec.initial_lr, params, eval_loss, STEPS)
     assert probe.lrs == expected
     assert len(set(expected)) > 2
 
@@ -84,14 +72,7 @@ def test_schedule_replay_passed_as_optimizers(smoke_run: Path, tmp_path: Path) -
 
     schedule = load_schedule(smoke_run / "schedule.json")
     scale = LR / max(schedule.lr)
-    optimizer = _dummy_optimizer(LR)
-    replay = ScheduleReplay(optimizer, smoke_run / "schedule.json", total_steps=STEPS, scale=scale)
-    expected = []
-    for _ in range(STEPS):
-        expected.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        replay.step()
-    assert probe.lrs == expected
+    assert probe.lrs == replay_lrs(smoke_run / "schedule.json", STEPS, scale)
     # The file's first and last decisions start and end the stretched run, at the scale asked.
     assert probe.lrs[0] == pytest.approx(schedule.lr[0] * scale, rel=1e-12)
     assert probe.lrs[-1] == pytest.approx(schedule.lr[-1] * scale, rel=1e-12)
@@ -103,13 +84,7 @@ def test_policy_scheduler_fed_each_training_loss(smoke_run: Path, tmp_path: Path
 
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == STEPS
-    optimizer = _dummy_optimizer(LR)
-    ours = PolicyScheduler(optimizer, smoke_run, total_steps=STEPS, reference_lr=LR)
-    expected = []
-    for loss in losses:
-        expected.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        ours.step(loss)
+    expected = policy_lrs(smoke_run, losses, LR)
     assert probe.lrs == expected
     assert len(set(expected)) > 1  # the agent reacted to the losses it was fed
 
@@ -124,7 +99,7 @@ def test_training_loss_callback_needs_every_step_logged(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_example_runs_all_four_schedulers(smoke_run: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / "hf_trainer.py"), str(smoke_run), "--steps", "60"],
+        [sys.executable, hf_trainer.__file__, str(smoke_run), "--steps", "60"],
         capture_output=True,
         text=True,
         timeout=300,
