@@ -84,11 +84,14 @@ def make_trainer(
     block_size: int = 64,
     seed: int = 0,
     greedy_params: dict[str, Any] | None = None,
+    save_steps: int | None = None,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> Trainer:
     """A ``Trainer`` whose learning rate comes from ``scheduler`` (one of :data:`SCHEDULERS`).
 
-    ``greedy_params`` replaces the distilled GreedyLR parameters (after rescaling to ``lr``).
+    ``greedy_params`` replaces the distilled GreedyLR parameters (after rescaling to ``lr``);
+    ``save_steps`` writes a checkpoint (model, optimizer, scheduler state) that often, to
+    resume from with ``trainer.train(resume_from_checkpoint=...)``.
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler={scheduler!r} is invalid: expected one of {SCHEDULERS}")
@@ -104,7 +107,8 @@ def make_trainer(
         "logging_steps": 1,  # every step's loss and applied lr in trainer.state.log_history
         "eval_strategy": "steps",
         "eval_steps": eval_steps,
-        "save_strategy": "no",
+        "save_strategy": "no" if save_steps is None else "steps",
+        "save_steps": save_steps or 500,
         "report_to": "none",
         "use_cpu": True,
         "seed": seed,

@@ -89,6 +89,21 @@ def test_policy_scheduler_fed_each_training_loss(smoke_run: Path, tmp_path: Path
     assert len(set(expected)) > 1  # the agent reacted to the losses it was fed
 
 
+def test_policy_run_resumes_from_a_trainer_checkpoint(smoke_run: Path, tmp_path: Path) -> None:
+    """The Trainer reloads scheduler.pt with weights_only=True; the run continues unchanged."""
+    _, whole = _train("policy", smoke_run, tmp_path / "whole", save_steps=STEPS // 2)
+    checkpoint = tmp_path / "whole" / f"checkpoint-{STEPS // 2}"
+    assert (checkpoint / "scheduler.pt").is_file()
+
+    probe = LrProbe()
+    resumed = hf_trainer.make_trainer(
+        "policy", smoke_run, tmp_path / "resumed", callbacks=[probe], **SMALL
+    )
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert probe.lrs == whole.lrs[STEPS // 2 :]
+    assert len(set(probe.lrs)) > 1
+
+
 def test_training_loss_callback_needs_every_step_logged(tmp_path: Path) -> None:
     callback = TrainingLossCallback(scheduler=None)  # type: ignore[arg-type]
     args = TrainingArguments(output_dir=str(tmp_path), logging_steps=5, report_to="none")
