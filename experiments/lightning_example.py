@@ -119,6 +119,35 @@ class ByteLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
 
+def loaders(
+    steps: int, batch_size: int = 16, block_size: int = 64, seed: int = 0
+) -> tuple[DataLoader, DataLoader]:
+    """Training batches for exactly ``steps`` optimizer steps (one epoch), and validation ones."""
+    train_set, eval_set = train_eval_blocks(block_size, steps * batch_size, 4 * batch_size, seed)
+    gen = torch.Generator().manual_seed(seed)
+    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
+    return train, DataLoader(eval_set, batch_size=batch_size)
+
+
+def make_trainer(steps: int, eval_steps: int, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    """A quiet CPU ``Trainer``: ``steps`` optimizer steps, validation every ``eval_steps``."""
+    if eval_steps < 1 or steps % eval_steps:
+        raise ValueError(f"eval_steps={eval_steps!r} is invalid: expected a divisor of {steps}")
+    return L.Trainer(
+        max_steps=steps,
+        max_epochs=1,
+        val_check_interval=eval_steps,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=list(callbacks),
+    )
+
+
 def fit(
     scheduler: str,
     run_dir: Path,
@@ -132,27 +161,10 @@ def fit(
     **options: Any,
 ) -> tuple[L.Trainer, ByteLM]:
     """Train one :class:`ByteLM` for ``steps`` optimizer steps (one epoch) and return it."""
-    if eval_steps < 1 or steps % eval_steps:
-        raise ValueError(f"eval_steps={eval_steps!r} is invalid: expected a divisor of {steps}")
+    trainer = make_trainer(steps, eval_steps, callbacks)
     L.seed_everything(seed, verbose=False)
-    train_set, eval_set = train_eval_blocks(block_size, steps * batch_size, 4 * batch_size, seed)
-    gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen)
-    val = DataLoader(eval_set, batch_size=batch_size)
+    train, val = loaders(steps, batch_size, block_size, seed)
     model = ByteLM(scheduler, run_dir, steps, lr, eval_steps, **options)
-    trainer = L.Trainer(
-        max_steps=steps,
-        max_epochs=1,
-        val_check_interval=eval_steps,
-        num_sanity_val_steps=0,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
     trainer.fit(model, train, val)
     return trainer, model
 
