@@ -114,7 +114,7 @@ def test_training_loss_callback_needs_every_step_logged(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_example_runs_all_four_schedulers(smoke_run: Path) -> None:
     done = subprocess.run(
-        [sys.executable, hf_trainer.__file__, str(smoke_run), "--steps", "60"],
+        [sys.executable, hf_trainer.__file__, str(smoke_run), "--steps", "20"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -87,7 +87,7 @@ def test_validation_interval_must_divide_the_run(smoke_run: Path) -> None:
 @pytest.mark.slow
 def test_example_runs_all_four_schedulers(smoke_run: Path) -> None:
     done = subprocess.run(
-        [sys.executable, lightning_example.__file__, str(smoke_run), "--steps", "60"],
+        [sys.executable, lightning_example.__file__, str(smoke_run), "--steps", "20"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -18,20 +18,20 @@ from typing import Any, Protocol
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-except ImportError:  # pragma: no cover - depends on the install
+except ImportError:  # an optional dependency: say which extra installs it
     raise ImportError("lrrl.integrations.hf needs transformers: pip install 'lrrl[hf]'") from None
 
 
 class LossDriven(Protocol):
     """A scheduler that takes the loss of the optimizer step just taken."""
 
-    def step(self, loss: float) -> None: ...
+    def step(self, loss: float, /) -> None: ...
 
 
 class TrainingLossCallback(TrainerCallback):
     """Calls ``scheduler.step(loss)`` with the Trainer's training loss after every optimizer step.
 
-    The loss is the one the Trainer logs (``logs["loss"]``: the mean over the step's
+    The loss is the one the Trainer logs for the step (``logs["loss"]``, over all its
     gradient-accumulation micro-batches), read in ``on_log``, which the Trainer calls after
     the optimizer and its own argument-less ``scheduler.step()`` and before the next
     optimizer step; so the lr the scheduler sets applies from the next step on, as in a
