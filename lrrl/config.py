@@ -232,9 +232,6 @@ class AgentConfig:
         return _build(cls, "agent", agent)
 
 
-LOGGERS = ("none", "wandb", "tensorboard")
-
-
 @dataclass
 class TrainConfig:
     """A whole ``lrrl.train`` run (``conf/train.yaml``), checked before any work starts."""
@@ -253,6 +250,8 @@ class TrainConfig:
         env = EnvSpec.from_dict(config.get("env") or {})
         agent = AgentConfig.from_dict(config.get("agent"))
         ev = EvalConfig.from_dict(config.get("eval"))
+        from lrrl.tracking import LOGGERS
+
         logger = dict(config.get("logger") or {"name": "none"})
         require(logger.get("name") in LOGGERS, "logger", logger.get("name"), f"one of {LOGGERS}")
         out = cls(

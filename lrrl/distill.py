@@ -45,10 +45,9 @@ from lrrl.envs.base import as_int
 from lrrl.envs.registration import make_env
 from lrrl.outputs import write_json
 from lrrl.rollout import Episode, episode_seeds, jobs_for, run_jobs
+from lrrl.schedulers.greedylr import GREEDYLR_SCHEMA
 from lrrl.schedulers.policy import load_run
 from lrrl.seeding import seed_everything
-
-GREEDYLR_SCHEMA = "lrrl.greedylr/v1"
 
 
 def _usable(episodes: list[Episode]) -> list[Episode]:

@@ -141,6 +141,8 @@ def _run(
             extra={"train": train_stats, "eval": cfg.eval.to_dict(), "run": run_info(argv)},
             subject_file="schedule.json",
         )
+        tracker.image("plots/schedules", run_dir / "schedules.png")
+        tracker.image("plots/intervals", run_dir / "intervals.png")
         tracker.summary(
             {
                 f"test/{name}/log_loss_ratio": s["log_loss_ratio"]

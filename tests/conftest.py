@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,4 +71,26 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = tiny_config()
     write_run_config(run_dir, config)
     run_experiment(config, run_dir)
+    return run_dir
+
+
+# The example scripts of experiments/ (hf_trainer, lightning_example) are tested by import.
+sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of :func:`tiny_run` after ``lrrl.distill``: it also holds ``greedylr.json``.
+
+    The agent acts relative to the clip (``action_mode=bound``, the default), so outside its
+    env ``PolicyScheduler`` picks lrs between ``lr_floor`` and 1 times ``reference_lr`` that
+    move with the losses.
+    """
+    import shutil
+
+    from lrrl.distill import distill
+
+    run_dir = tmp_path_factory.mktemp("smoke_run") / "run"
+    shutil.copytree(tiny_run, run_dir)
+    distill(compose(f"run_dir={run_dir}", "fit.budget=500", config_name="distill"))
     return run_dir

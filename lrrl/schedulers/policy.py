@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -45,6 +46,9 @@ class ObservationBuilder(Protocol):
     def observe(self, loss0: float, loss: float, lr: float, progress: float) -> np.ndarray:
         """The observation after a decision that applied ``lr`` and ended at ``loss``."""
         ...
+
+    # A builder that remembers past losses also defines ``state_dict() -> dict`` (plain
+    # numbers and lists) and ``load_state_dict(state)``, so checkpoints can carry it.
 
 
 class NMFObservation:
@@ -114,6 +118,14 @@ class NMFObservation:
         from lrrl.envs.nmf import nmf_lr_for_action
 
         return min(nmf_lr_for_action(action, self.config, self.clip), self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loss history the next observation depends on."""
+        return {"deltas": list(self.deltas), "loss_prev": self.loss_prev}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.deltas = list(state["deltas"])
+        self.loss_prev = state["loss_prev"]
 
     def observe(self, loss0: float, loss: float, lr: float, progress: float) -> np.ndarray:
         loss_prev = loss0 if self.loss_prev is None else self.loss_prev
@@ -274,3 +286,32 @@ class PolicyScheduler(LRScheduler):
     def get_lr(self) -> list[float | Tensor]:
         """The current decision's learning rate for every group."""
         return [self._lr * r for r in self.ratios]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the run stands (steps, window, decisions, the builder's loss history).
+
+        The agent and the builder's inputs (which may be functions) stay out: they come from
+        the constructor again. Everything left loads with ``torch.load(weights_only=True)``,
+        as transformers' Trainer and Lightning resume checkpoints; a recurrent agent's
+        hidden state is stored as tensors for that reason.
+        """
+        state = {
+            k: v for k, v in super().state_dict().items() if k not in ("model", "builder", "_state")
+        }
+        saver = getattr(self.builder, "state_dict", None)
+        state["builder_state"] = saver() if saver is not None else {}
+        state["agent_state"] = (
+            None if self._state is None else [torch.from_numpy(np.asarray(a)) for a in self._state]
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` into a scheduler built for the same run."""
+        state = dict(state_dict)
+        builder_state = state.pop("builder_state", {})
+        agent_state = state.pop("agent_state", None)
+        self.__dict__.update(state)
+        loader = getattr(self.builder, "load_state_dict", None)
+        if loader is not None:
+            loader(builder_state)
+        self._state = None if agent_state is None else tuple(t.numpy() for t in agent_state)
