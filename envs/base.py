@@ -26,13 +26,19 @@ baseline is never limited by the action parametrisation chosen for the agent.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 INFO_KEYS = ("lr", "lr_bound", "loss", "clipped", "diverged", "instance")
+
+#: A per-inner-step controller: ``(k, episodes, losses) -> lrs`` for inner step ``k + 1`` of
+#: the given episodes, after their training losses of step ``k`` (NaN: keep the lr). It is
+#: called after every inner step, the last one of a decision included (what it asks then
+#: waits for the next decision).
+InnerControl = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 
 class LRControlEnv(gym.Env):
@@ -128,6 +134,19 @@ class LRControlEnv(gym.Env):
     def _take_lr_request(self) -> float | None:
         lr, self._lr_request = self._lr_request, None
         return lr
+
+    _inner: InnerControl | None = None
+
+    def set_inner_control(self, control: InnerControl | None) -> None:
+        """Let ``control`` set the lr of every inner step after the first from the previous
+        step's training loss (a per-step controller, such as GreedyLR at its natural cadence;
+        the env's clip still applies); ``None`` restores one lr per decision."""
+        self._inner = control
+
+    @property
+    def clip(self) -> float:
+        """The largest learning rate the next step may apply (``inf``: no clip)."""
+        raise NotImplementedError
 
     def action_for_lr(self, lr: float) -> np.ndarray:
         """The action that requests learning rate ``lr`` under the current action mapping.

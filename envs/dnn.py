@@ -411,14 +411,6 @@ class DNNEnv(LRControlEnv):
         self._cursor += size
         return idx
 
-    _inner = None
-
-    def set_inner_control(self, control: Any) -> None:
-        """Let ``control(k, episodes, losses) -> lrs`` set the lr of every inner step after the
-        first from the previous step's training loss (a per-step controller, such as GreedyLR at
-        its natural cadence); ``None`` restores one lr per decision. As the NMF env's."""
-        self._inner = control
-
     def _train(self, steps: int) -> tuple[float, float]:
         """``steps`` optimizer steps; the mean minibatch loss and the last gradient norm."""
         net, opt, data = self._net, self._opt, self._data

@@ -292,7 +292,7 @@ class NMFEnv(LRControlEnv):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}
     config_class = NMFConfig
 
     def __init__(self, config: NMFConfig | None = None, **kwargs: Any) -> None:
@@ -384,14 +384,6 @@ class NMFEnv(LRControlEnv):
         }
         obs = self._episodes.observations()[0]
         return obs, float(tr.reward[0]), bool(tr.diverged[0]), bool(tr.truncated[0]), info
-
-    _inner = None
-
-    def set_inner_control(self, control: Any) -> None:
-        """Let ``control(k, episodes, losses) -> lrs`` set the lr of every inner step after
-        the first from the previous step's training loss (a per-step controller, such as
-        GreedyLR at its natural cadence); ``None`` restores one lr per decision."""
-        self._inner = control
 
 
 def _mapping(config: NMFConfig, clip: Any) -> tuple[float, float, np.ndarray | float]:

@@ -18,9 +18,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from lrrl.envs.base import LRControlEnv, as_int, require
+from lrrl.envs.base import InnerControl, LRControlEnv, as_int, require
 from lrrl.envs.nmf import NMFConfig, NMFEnv, nmf_actions_for_lrs, nmf_lrs_for_actions
-from lrrl.envs.nmf_episodes import InnerControl, NMFEpisodes, Transition
+from lrrl.envs.nmf_episodes import NMFEpisodes, Transition
 from lrrl.envs.nmf_instances import NMFInstance
 
 AUTORESET_MODES = tuple(mode.value for mode in AutoresetMode)
@@ -242,9 +242,10 @@ class BatchedNMFEnv(VectorEnv):
 
     def _load(self, i: int, seed: int | None, choice: Any) -> None:
         """Sub-env ``i``'s ``NMFEnv.reset``: the same draws from the same generators."""
-        if seed is not None or self._rngs[i] is None:
-            self._rngs[i], _ = seeding.np_random(seed)
         rng = self._rngs[i]
+        if seed is not None or rng is None:
+            rng, _ = seeding.np_random(seed)
+            self._rngs[i] = rng
         lookup = self._lookup
         if choice is not None:
             inst = lookup._resolve(choice)
@@ -305,6 +306,8 @@ def make_batched(num_envs: int, **kwargs: Any) -> BatchedNMFEnv:
     """``gymnasium.make_vec`` for ``lrrl/NMF-v0`` (the batched implementation)."""
     import gymnasium as gym
 
-    return gym.make_vec(
+    venv = gym.make_vec(
         "lrrl/NMF-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs
     )
+    assert isinstance(venv, BatchedNMFEnv)
+    return venv

@@ -5,8 +5,9 @@ runs it with ``B = 1``; the batched vector env and the batched evaluation with `
 hundreds. Episodes of one batch may differ in everything an instance sets (shape, rank,
 minibatch size, gradient noise, horizon): factors live in zero-padded tensors
 ``V^T (B, N, M)``, ``W^T (B, R, M)``, ``H (B, R, N)`` (the layout of :mod:`lrrl.envs.nmf_ops`),
-and each decision runs the episodes that share a minibatch size as one group of batched
-tensor ops, cropped to the group's largest shape. Zero padding is exact: padded rows and columns of ``W`` and ``H`` stay zero and add
+and each decision runs the episodes of similar minibatch sizes (within a factor of four) as one
+group of batched tensor ops, cropped to the group's largest shape; a group's minibatches are
+padded to its largest with an always-zero column, which adds nothing to any gradient. Zero padding is exact: padded rows and columns of ``W`` and ``H`` stay zero and add
 nothing to the loss, the gradients or the bound (:mod:`lrrl.envs.nmf_ops` takes the true
 sizes).
 
@@ -18,7 +19,6 @@ batch of one and in a batch of a thousand, up to floating-point summation order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lrrl.envs import nmf_ops
+from lrrl.envs.base import InnerControl
 from lrrl.envs.nmf_instances import NMFInstance
 
 if TYPE_CHECKING:
@@ -35,11 +36,6 @@ if TYPE_CHECKING:
 HISTORY = 3
 OBS_SIZE = 8
 OBS_LIMIT = 50.0
-
-#: A per-inner-step controller: ``(k, episodes, losses) -> lrs`` for inner step ``k + 1`` of
-#: the given episodes (slots), after their training losses of step ``k`` (NaN: keep the lr).
-#: It is called after every inner step, the last one of a decision included.
-InnerControl = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -101,10 +97,14 @@ class NMFEpisodes:
         init_scale = math.sqrt(float(Vt.mean()) / r)
         Wt = init_scale * torch.randn((r, m), generator=gen, **self._like).abs()
         H = init_scale * torch.randn((r, n), generator=gen, **self._like).abs()
-        if self.size == 1:  # one episode: exact shapes, no padding at all
-            self._Vt, self._Wt, self._H = Vt[None], Wt[None], H[None]
+        if self.size == 1:  # one episode: exact shapes, bar the one zero column (see _crop)
+            self._Vt = torch.zeros((1, n + 1, m), **self._like)
+            self._Vt[0, :n] = Vt
+            self._Wt = Wt[None]
+            self._H = torch.zeros((1, r, n + 1), **self._like)
+            self._H[0, :, :n] = H
         else:
-            self._grow(m, n, r)
+            self._grow(m, n + 1, r)
             self._Vt[i].zero_()
             self._Wt[i].zero_()
             self._H[i].zero_()
@@ -252,17 +252,25 @@ class NMFEpisodes:
             setattr(self, name, new)
 
     def _groups(self, idx: np.ndarray) -> list[np.ndarray]:
-        """``idx`` split by minibatch size: each group runs as one set of batched ops."""
+        """``idx`` split into full-gradient episodes and minibatch sizes within a factor of
+        four (sizes 2-4, 5-16, 17-64, ...): each group runs as one set of batched ops."""
         if idx.size == 0:
             return []
         sizes = self.batch[idx]
-        if (sizes == sizes[0]).all():
+        # 0 for full gradients, else the power-of-four bucket of the minibatch size.
+        keys = np.where(sizes > 0, np.ceil(np.log(np.maximum(sizes, 1)) / np.log(4.0)) + 1, 0)
+        if (keys == keys[0]).all():
             return [idx]
-        return [idx[sizes == b] for b in np.unique(sizes)]
+        return [idx[keys == k] for k in np.unique(keys)]
 
     def _crop(self, group: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The group's factors, cropped to its largest shape (views when nothing is cut)."""
-        M, N, R = int(self.m[group].max()), int(self.n[group].max()), int(self.r[group].max())
+        """The group's factors, cropped to its largest shape (views when nothing is cut).
+
+        One column more than the widest episode is kept: it is zero in every episode of the
+        group, so padded minibatches point there and change nothing.
+        """
+        M, R = int(self.m[group].max()), int(self.r[group].max())
+        N = int(self.n[group].max()) + 1
         if group.size == self.size and (self.size, R, N, M) == (*self._H.shape, self._Vt.shape[2]):
             return self._Vt, self._Wt, self._H
         index = torch.as_tensor(group, device=self.device)
@@ -314,30 +322,37 @@ class NMFEpisodes:
         )
 
     def _draws(self, group: np.ndarray, M: int, N: int, R: int) -> nmf_ops.Draws:
-        """Each episode's minibatches and noise for this decision, padded to the group."""
+        """Each episode's minibatches and noise for this decision, padded to the group.
+
+        Minibatches shorter than the group's widest are filled up with column ``N - 1``, zero
+        in every episode of the group (see :meth:`_crop`); its noise is zero too.
+        """
         cfg = self.config
         steps, G = cfg.steps_per_action, group.size
-        b = int(self.batch[group[0]])
-        columns = torch.empty((G, steps, b), dtype=torch.long, device=self.device) if b else None
+        b = int(self.batch[group].max())
+        columns = (
+            torch.full((G, steps, b), N - 1, dtype=torch.long, device=self.device) if b else None
+        )
         noisy = bool((self.noise_std[group] > 0).any())
         cols = b or N
         noise_w = torch.zeros((G, steps, R, M), **self._like) if noisy else None
         noise_h = torch.zeros((G, steps, R, cols), **self._like) if noisy else None
         for j, i in enumerate(group):
-            m, n, r = int(self.m[i]), int(self.n[i]), int(self.r[i])
+            m, n, r, b_i = int(self.m[i]), int(self.n[i]), int(self.r[i]), int(self.batch[i])
             d = nmf_ops.draw(
                 self._gens[i],
                 steps,
                 (m, n),
                 r,
-                b or None,
+                b_i or None,
                 float(self.noise_std[i]),
                 self.dtype,
                 self.device,
             )
             if columns is not None:
-                columns[j] = d.columns
-            if d.noise_w is not None:
+                columns[j, :, :b_i] = d.columns
+            if noise_w is not None and noise_h is not None and d.noise_w is not None:
+                assert d.noise_h is not None  # drawn together
                 noise_w[j, :, :r, :m] = d.noise_w
                 noise_h[j, :, :r, : d.noise_h.shape[-1]] = d.noise_h
         return nmf_ops.Draws(columns, noise_w, noise_h)
@@ -351,6 +366,7 @@ class NMFEpisodes:
         R, M, N = Wt.shape[1], Wt.shape[2], H.shape[2]
         cap = cfg.bound_scale if cfg.bound != "none" and cfg.safeguard else None
         _, n, _ = self._sizes(group)
+        batch = torch.as_tensor(self.batch[group], **self._like) if self.batch[group[0]] else None
         with torch.no_grad():
             draws = self._draws(group, M, N, R)
             lr_t = torch.as_tensor(lr, **self._like)
@@ -366,6 +382,7 @@ class NMFEpisodes:
                     noise_w=None if draws.noise_w is None else draws.noise_w[:, k],
                     noise_h=None if draws.noise_h is None else draws.noise_h[:, k],
                     n=n,
+                    b=batch,
                     with_loss=inner is not None,
                 )
                 if min_cap is not None:

@@ -85,6 +85,16 @@ def largest_eigenvalue(G: torch.Tensor) -> torch.Tensor:
     return torch.where(finite, torch.linalg.eigvalsh(safe)[..., -1], math.inf)
 
 
+def _cap(G: torch.Tensor, cap_scale: float) -> torch.Tensor:
+    """``cap_scale * 2 / L`` of a Gram matrix ``G`` inside a decision (``inf`` where ``L = 0``).
+
+    Cheaper than :func:`largest_eigenvalue`: non-finite entries are zeroed and not flagged,
+    because factors that blew up stay non-finite and the decision's loss reports it.
+    """
+    L = torch.linalg.eigvalsh(torch.nan_to_num(G, nan=0.0, posinf=0.0, neginf=0.0))[..., -1]
+    return L.reciprocal_().mul_(2.0 * cap_scale)
+
+
 def lipschitz_w(H: torch.Tensor) -> torch.Tensor:
     """``L_W = ||H H^T||_2``: the Lipschitz constant of the ``W``-gradient for fixed ``H``."""
     return largest_eigenvalue(H @ H.mT)
@@ -211,14 +221,16 @@ def inner_step(
     noise_w: torch.Tensor | None = None,
     noise_h: torch.Tensor | None = None,
     n: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
     with_loss: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One alternating projected SGD step, ``W`` then ``H``; returns ``(Wt, H, min_cap, loss)``.
 
     ``lr`` has the batch shape. ``columns`` (``(..., b)`` indices, one row per problem)
     selects the column minibatch; ``None`` uses the full matrix. ``noise_w`` and ``noise_h``
-    are added to the two gradients (see :func:`draw`). ``n`` (batch-shaped) is the true column
-    count of zero-padded problems, for the minibatch gradient's ``n / b`` scale. When
+    are added to the two gradients (see :func:`draw`). ``n`` and ``b`` (batch-shaped) are the
+    true column count and minibatch size of padded problems (a minibatch padded with a zero
+    column), for the minibatch gradient's ``n / b`` scale; by default the tensors' own. When
     ``cap_scale`` is given, each block's learning rate is kept below ``cap_scale * 2 / L`` of
     the factors that block update sees (the safeguard that makes descent hold at every inner
     step, not only where the bound was computed); ``min_cap`` is the smaller of the two caps,
@@ -236,16 +248,19 @@ def inner_step(
     if columns is None:
         Vt_b, H_b = Vt, H
     else:
-        b = columns.shape[-1]
+        width = columns.shape[-1]
         n_pad = Vt.shape[-2]
         # Rows of V^T are columns of V: one contiguous copy per sampled column.
         batch = columns.shape[:-1]
         offsets = torch.arange(columns[..., 0].numel(), device=columns.device) * n_pad
         flat = (offsets.view(*batch, 1) + columns).reshape(-1)
-        Vt_b = Vt.reshape(-1, Vt.shape[-1]).index_select(0, flat).view(*batch, b, Vt.shape[-1])
-        H_idx = columns[..., None, :].expand(*H.shape[:-1], b)
+        Vt_b = Vt.reshape(-1, Vt.shape[-1]).index_select(0, flat).view(*batch, width, Vt.shape[-1])
+        H_idx = columns[..., None, :].expand(*H.shape[:-1], width)
         H_b = H.gather(-1, H_idx)
-        scale = (n_pad / b) if n is None else (n / b)[..., None, None]
+        size = columns.shape[-1] if b is None else b
+        scale = (n_pad if n is None else n) / size
+        if torch.is_tensor(scale):
+            scale = scale[..., None, None]
 
     loss = None
     if with_loss:  # the residual itself: exact where the Gram form would cancel
@@ -253,7 +268,11 @@ def inner_step(
         if scale is not None:
             loss = loss * (scale[..., 0, 0] if torch.is_tensor(scale) else scale)
     HHt_b = H_b @ H_b.mT
-    gWt = HHt_b @ Wt - H_b @ Vt_b  # grad_W^T
+    gWt = (
+        torch.baddbmm(HHt_b @ Wt, H_b, Vt_b, alpha=-1.0)
+        if Wt.dim() == 3
+        else (HHt_b @ Wt - H_b @ Vt_b)
+    )  # grad_W^T
     if scale is not None:
         gWt = gWt * scale
     if noise_w is not None:
@@ -262,21 +281,24 @@ def inner_step(
     lr_w = lr
     if cap_scale is not None:
         # L_W of the full loss is ||H H^T|| (the minibatch's only for full gradients).
-        HHt = HHt_b if columns is None else H @ H.mT
         # L = 0 gives an infinite cap, which never binds.
-        min_cap = (2.0 * cap_scale) / largest_eigenvalue(HHt)
+        min_cap = _cap(HHt_b if columns is None else H @ H.mT, cap_scale)
         lr_w = torch.minimum(lr, min_cap[..., None, None])
-    Wt = (Wt - lr_w * gWt).clamp_min(0.0)
+    Wt = torch.addcmul(Wt, lr_w, gWt, value=-1.0).clamp_min_(0.0)
 
     WtW = Wt @ Wt.mT
-    gH = WtW @ H_b - Wt @ Vt_b.mT
+    gH = (
+        torch.baddbmm(WtW @ H_b, Wt, Vt_b.mT, alpha=-1.0)
+        if Wt.dim() == 3
+        else (WtW @ H_b - Wt @ Vt_b.mT)
+    )
     if noise_h is not None:
         gH = gH + noise_h
     lr_h = lr
     if cap_scale is not None:
-        cap_h = (2.0 * cap_scale) / largest_eigenvalue(WtW)
+        cap_h = _cap(WtW, cap_scale)
         min_cap = torch.minimum(min_cap, cap_h)
         lr_h = torch.minimum(lr, cap_h[..., None, None])
-    H_new = (H_b - lr_h * gH).clamp_min(0.0)
+    H_new = torch.addcmul(H_b, lr_h, gH, value=-1.0).clamp_min_(0.0)
     H = H_new if columns is None else H.scatter(-1, H_idx, H_new)
     return Wt, H, min_cap, loss

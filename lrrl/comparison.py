@@ -99,11 +99,11 @@ def compare(
     episodes: dict[str, list[Episode]] = {}
     with _progress(show_progress, total) as advance:
         tuned = tune(env, names, tune_runs, ev, advance)
-        if unclipped:
+        if free is not None and unclipped:
             tuned.update(tune(free, unclipped, tune_runs, ev, advance))
-        for row, result in tuned.items():
-            log(f"tuned {row}: {result.candidates} candidates, best {result.controller.params}")
-            details[row] = result.details(split_for_tuning)
+        for row, outcome in tuned.items():
+            log(f"tuned {row}: {outcome.candidates} candidates, best {outcome.controller.params}")
+            details[row] = outcome.details(split_for_tuning)
         for name, agent in agents.items():
             details[name] = {"params": dict(getattr(agent, "params", {"kind": "agent"}))}
         # Everyone in the env itself plays together: one batched rollout.
@@ -113,7 +113,7 @@ def compare(
         )
         for i, controller in enumerate(here):
             episodes[controller.name] = flat[i * k_test : (i + 1) * k_test]
-        if unclipped:
+        if free is not None and unclipped:
             there = [tuned[row].controller for row in unclipped]
             flat = run_jobs(
                 free.id, free.options, jobs_for(there, test_runs), ev.n_jobs, advance, ev.chunk

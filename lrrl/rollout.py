@@ -278,7 +278,7 @@ def _in_worker(body: Callable, *args: Any) -> list[Episode]:
 def _play_batched(env_id: str, env_kwargs: dict[str, Any], jobs: list[Job]) -> list[Episode]:
     """Play ``jobs`` together in one batched env (autoreset off: each episode plays once)."""
     B = len(jobs)
-    venv = gym.make_vec(
+    venv: Any = gym.make_vec(
         env_id,
         num_envs=B,
         vectorization_mode="vector_entry_point",
@@ -339,7 +339,7 @@ def _play_one_by_one(env_id: str, env_kwargs: dict[str, Any], jobs: list[Job]) -
 
 def play(env: gym.Env, job: Job) -> Episode:
     """Play one job in a (single, unbatched) env and record the episode."""
-    u = env.unwrapped
+    u: Any = env.unwrapped  # an lrrl env (LRControlEnv)
     ctrl = job.controller
     rows = _Rows([job])
     obs, info = env.reset(seed=job.seed, options={"instance": job.instance})

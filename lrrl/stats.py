@@ -25,24 +25,25 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: The score of a diverged episode: ``log(1000)``.
 DIVERGED = math.log(1e3)
 
 
-def scores(log_ratios: Sequence[float]) -> np.ndarray:
+def scores(log_ratios: ArrayLike) -> np.ndarray:
     """Episode scores: ``log(loss_T / loss_0)`` with divergences (``inf``/NaN) at DIVERGED."""
     x = np.asarray(log_ratios, dtype=np.float64)
     return np.where(np.isfinite(x) | (x == -np.inf), np.minimum(x, DIVERGED), DIVERGED)
 
 
-def matrix(keys: Sequence[tuple[str, int]], values: Sequence[float]) -> tuple[np.ndarray, list]:
+def matrix(keys: Sequence[tuple[str, int]], values: ArrayLike) -> tuple[np.ndarray, list]:
     """``(runs, tasks)`` matrix of ``values`` keyed by ``(instance, run)``; the task order.
 
     Every instance must have the same number of runs (episodes on it).
     """
     by_task: dict[str, list[float]] = {}
-    for (task, _), value in zip(keys, values, strict=True):
+    for (task, _), value in zip(keys, np.asarray(values, dtype=np.float64), strict=True):
         by_task.setdefault(task, []).append(value)
     tasks = list(by_task)
     counts = {len(v) for v in by_task.values()}
@@ -149,7 +150,7 @@ def probability_of_improvement(
     }
 
 
-def win_rate(a: Sequence[float], b: Sequence[float]) -> float:
+def win_rate(a: ArrayLike, b: ArrayLike) -> float:
     """Fraction of paired episodes (same instance and seed) where ``a`` is lower than ``b``
     (ties, two divergences included, count half)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

@@ -112,7 +112,7 @@ def tune_optuna(
     best: tuple[float, ScheduleController] | None = None
     for _ in range(trials):
         trial = study.ask()
-        params = {}
+        params: dict[str, Any] = {}
         for key, spec in space.items():
             if isinstance(spec, list):
                 params[key] = trial.suggest_categorical(key, spec)
