@@ -36,7 +36,7 @@ __all__ = [
     "nmf_observation",
 ]
 
-ACTION_MODES = ("bound", "log_lr")
+ACTION_MODES = ("bound", "delta", "log_lr")
 BOUNDS = ("noisy", "deterministic", "none")
 REWARDS = ("log_ratio", "relative_delta")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -73,10 +73,13 @@ class NMFConfig:
         safeguard: also cap every inner block update at ``bound_scale * 2 / L`` of the factors
             it sees, so noise-free descent holds at every inner step (two ``r x r``
             eigenvalue problems per inner step).
-        action_mode: ``"bound"`` (log space below the clip) or ``"log_lr"`` (absolute).
-        lr_floor: ``"bound"`` mode: the lowest action's learning rate relative to the clip.
-        lr_ceiling: ``"bound"`` mode: the highest action's request relative to the clip; above
-            1 it reaches beyond the clip (the excess is clipped and counted).
+        action_mode: ``"bound"`` (the lr in log space below the clip), ``"delta"`` (the change
+            of the lr's fraction of the clip; the first decision starts at ``lr_ceiling``) or
+            ``"log_lr"`` (the absolute log lr). See the env's Action Space.
+        lr_floor: ``"bound"``/``"delta"``: the lowest learning rate relative to the clip.
+        lr_ceiling: ``"bound"``/``"delta"``: the highest request relative to the clip; above 1
+            it reaches beyond the clip (the excess is clipped and counted).
+        lr_step: ``"delta"`` mode: the largest change of the log fraction per decision.
         lr_range: ``"log_lr"`` mode: ``(low, high)`` learning rates of actions -1 and +1.
 
     The reward:
@@ -107,6 +110,7 @@ class NMFConfig:
     action_mode: str = "bound"
     lr_floor: float = 0.01
     lr_ceiling: float = 1.0
+    lr_step: float = 0.5
     lr_range: tuple[float, float] = (1e-3, 3.0)
     reward: str = "log_ratio"
     divergence_penalty: float = 10.0
@@ -150,13 +154,14 @@ class NMFConfig:
             f"one of {ACTION_MODES}",
         )
         require(
-            not (self.bound == "none" and self.action_mode == "bound"),
+            not (self.bound == "none" and self.action_mode != "log_lr"),
             "action_mode",
             self.action_mode,
             "'log_lr' when bound='none' (there is no bound to act relative to)",
         )
         put("lr_floor", as_float("lr_floor", self.lr_floor, 0.0, 1.0, strict=True))
         put("lr_ceiling", as_float("lr_ceiling", self.lr_ceiling, 1.0))
+        put("lr_step", as_float("lr_step", self.lr_step, 0.0, strict=True))
         put("lr_range", as_lr_range("lr_range", self.lr_range))
         require(self.reward in REWARDS, "reward", self.reward, f"one of {REWARDS}")
         put("divergence_penalty", as_float("divergence_penalty", self.divergence_penalty, 0.0))
@@ -244,11 +249,15 @@ class NMFEnv(LRControlEnv):
 
     ## Action Space
 
-    ``Box(-1, 1, (1,), float32)``. In ``action_mode="bound"`` (default) the action is the
-    learning rate in log space between ``lr_floor * clip`` (action -1) and
-    ``lr_ceiling * clip`` (action +1), where the clip is ``bound_scale * lr_bound``: the
-    highest action reaches the clip. In ``action_mode="log_lr"`` it is the log learning rate
-    within ``lr_range``; requests above the clip are clipped (and counted).
+    ``Box(-1, 1, (1,), float32)``. The clip is ``bound_scale * lr_bound``. In
+    ``action_mode="bound"`` (default) the action is the learning rate in log space between
+    ``lr_floor * clip`` (action -1) and ``lr_ceiling * clip`` (action +1): the highest action
+    reaches the clip. In ``action_mode="delta"`` it moves the learning rate's fraction of the
+    clip: ``f_t = f_{t-1} * exp(lr_step * action)``, kept within ``[lr_floor, lr_ceiling]``,
+    ``f`` starting at ``lr_ceiling``; action 0 follows the bound at a constant fraction, and
+    the lr never changes by more than ``exp(lr_step)`` relative to the bound in one decision.
+    In ``action_mode="log_lr"`` it is the log learning rate within ``lr_range``; requests
+    above the clip are clipped (and counted).
 
     ## Observation Space
 
@@ -258,7 +267,7 @@ class NMFEnv(LRControlEnv):
     |-------|---------------------------------------------------------------|
     | 0     | ``log(loss / loss_0)``                                        |
     | 1-3   | the last three log-loss changes ``log(loss_t / loss_{t-1})``  |
-    | 4     | ``log(lr_prev / clip)``: last applied lr relative to the clip |
+    | 4     | ``log(f)``: the last lr over the clip it was applied under    |
     | 5     | ``log10(lr_bound)`` (0 when ``bound="none"``)                 |
     | 6     | gradient-noise ratio ``1 - ||g||^2 / (||g||^2 + s^2)``        |
     | 7     | progress ``t / horizon``                                      |
@@ -336,10 +345,10 @@ class NMFEnv(LRControlEnv):
 
     def lr_for_action(self, action: np.ndarray) -> float:
         """The learning rate an action requests (before clipping); NaN actions count as -1."""
-        return nmf_lr_for_action(action, self.cfg, self.clip)
+        return nmf_lr_for_action(action, self.cfg, self.clip, self._episodes.fraction[0])
 
     def action_for_lr(self, lr: float) -> np.ndarray:
-        return nmf_action_for_lr(lr, self.cfg, self.clip)
+        return nmf_action_for_lr(lr, self.cfg, self.clip, self._episodes.fraction[0])
 
     # -- gymnasium API --------------------------------------------------------------------
 
@@ -386,36 +395,57 @@ class NMFEnv(LRControlEnv):
         return obs, float(tr.reward[0]), bool(tr.diverged[0]), bool(tr.truncated[0]), info
 
 
-def _mapping(config: NMFConfig, clip: Any) -> tuple[float, float, np.ndarray | float]:
-    """The log range of an action mapping and the factor its learning rates carry."""
-    if config.action_mode == "bound":
-        return config.lr_floor, config.lr_ceiling, np.asarray(clip, dtype=np.float64)
-    return config.lr_range[0], config.lr_range[1], 1.0
-
-
-def nmf_lrs_for_actions(actions: Any, config: NMFConfig, clip: Any) -> np.ndarray:
+def nmf_lrs_for_actions(
+    actions: Any, config: NMFConfig, clip: Any, fraction: Any = math.nan
+) -> np.ndarray:
     """The learning rates a batch of ``lrrl/NMF-v0`` actions requests (before clipping).
 
     Shared by the envs and :class:`lrrl.schedulers.PolicyScheduler`; NaN actions count as
-    -1 and out-of-range ones saturate. ``clip`` (per action) matters in ``"bound"`` mode.
+    -1 and out-of-range ones saturate. ``clip`` matters in the bound-relative modes and
+    ``fraction`` (the last lr over its clip, NaN before the first decision) in ``"delta"``.
     """
-    low, high, factor = _mapping(config, clip)
-    return log_range_lrs(actions, low, high) * factor
+    if config.action_mode == "log_lr":
+        return log_range_lrs(actions, *config.lr_range)
+    clip = np.asarray(clip, dtype=np.float64)
+    low, high = config.lr_floor, config.lr_ceiling
+    if config.action_mode == "bound":
+        return log_range_lrs(actions, low, high) * clip
+    a = np.asarray(actions, dtype=np.float64)
+    a = np.where(np.isnan(a), -1.0, np.clip(a, -1.0, 1.0))
+    f = np.asarray(fraction, dtype=np.float64)
+    f = np.where(np.isnan(f), high, np.clip(f, low, high))
+    return np.clip(f * np.exp(config.lr_step * a), low, high) * clip
 
 
-def nmf_lr_for_action(action: Any, config: NMFConfig, clip: float) -> float:
+def nmf_lr_for_action(
+    action: Any, config: NMFConfig, clip: float, fraction: float = math.nan
+) -> float:
     """:func:`nmf_lrs_for_actions` for one action."""
     a = np.asarray(action, dtype=np.float64).reshape(-1)[:1]
-    return float(nmf_lrs_for_actions(a, config, clip)[0])
+    return float(nmf_lrs_for_actions(a, config, clip, fraction)[0])
 
 
-def nmf_actions_for_lrs(lrs: Any, config: NMFConfig, clip: Any) -> np.ndarray:
+def nmf_actions_for_lrs(
+    lrs: Any, config: NMFConfig, clip: Any, fraction: Any = math.nan
+) -> np.ndarray:
     """The inverse of :func:`nmf_lrs_for_actions`, saturated to [-1, 1] (``lr <= 0``: -1)."""
-    low, high, factor = _mapping(config, clip)
+    lr = np.asarray(lrs, dtype=np.float64)
+    if config.action_mode == "log_lr":
+        return log_range_actions(lr, *config.lr_range)
+    clip = np.asarray(clip, dtype=np.float64)
+    low, high = config.lr_floor, config.lr_ceiling
     with np.errstate(divide="ignore", invalid="ignore"):
-        return log_range_actions(np.asarray(lrs, dtype=np.float64) / factor, low, high)
+        if config.action_mode == "bound":
+            return log_range_actions(lr / clip, low, high)
+        f = np.asarray(fraction, dtype=np.float64)
+        f = np.where(np.isnan(f), high, np.clip(f, low, high))
+        a = (np.log(lr / clip) - np.log(f)) / config.lr_step
+    a = np.where(lr > 0, np.nan_to_num(a, nan=-1.0), -1.0)
+    return np.clip(a, -1.0, 1.0).astype(np.float32)
 
 
-def nmf_action_for_lr(lr: float, config: NMFConfig, clip: float) -> np.ndarray:
+def nmf_action_for_lr(
+    lr: float, config: NMFConfig, clip: float, fraction: float = math.nan
+) -> np.ndarray:
     """:func:`nmf_actions_for_lrs` for one learning rate: an action of shape ``(1,)``."""
-    return nmf_actions_for_lrs(np.array([lr]), config, np.array([clip]))
+    return nmf_actions_for_lrs(np.array([lr]), config, np.array([clip]), np.array([fraction]))

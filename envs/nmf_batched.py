@@ -137,7 +137,7 @@ class BatchedNMFEnv(VectorEnv):
 
     def actions_for_lrs(self, lrs: Any) -> np.ndarray:
         """The ``(B, 1)`` actions requesting ``lrs`` under the current action mapping."""
-        return nmf_actions_for_lrs(lrs, self.cfg, self.clips)[:, None]
+        return nmf_actions_for_lrs(lrs, self.cfg, self.clips, self._episodes.fraction)[:, None]
 
     def set_inner_control(self, control: InnerControl | None) -> None:
         """As :meth:`NMFEnv.set_inner_control`, for every sub-env (``episodes`` are indices)."""
@@ -184,7 +184,8 @@ class BatchedNMFEnv(VectorEnv):
         B = self.num_envs
         actions = np.asarray(actions, dtype=np.float64)
         require(actions.size == B, "actions", actions.shape, f"{B} actions, shape ({B}, 1)")
-        requested = nmf_lrs_for_actions(actions.reshape(B), self.cfg, self.clips)
+        fraction = self._episodes.fraction
+        requested = nmf_lrs_for_actions(actions.reshape(B), self.cfg, self.clips, fraction)
         if self._lr_request is not None:
             requested = np.where(np.isnan(self._lr_request), requested, self._lr_request)
             self._lr_request = None

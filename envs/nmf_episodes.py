@@ -79,7 +79,7 @@ class NMFEpisodes:
         self.loss0 = np.ones(B)
         self.loss = np.ones(B)
         self.deltas = np.zeros((B, HISTORY))
-        self.lr_prev = np.full(B, math.nan)
+        self.fraction = np.full(B, math.nan)  # the last lr over the clip it was applied under
         self.lr_bound = np.ones(B)
         self.noise_ratio = np.zeros(B)
         self.healthy = np.ones(B, dtype=bool)
@@ -134,7 +134,7 @@ class NMFEpisodes:
             self.loss0[group] = self.loss[group] = loss
             self._set_bound(group, loss, bound, ratio)
         self.deltas[idx] = 0.0
-        self.lr_prev[idx] = math.nan
+        self.fraction[idx] = math.nan
         self.t[idx] = 0
 
     # -- one decision ----------------------------------------------------------------------
@@ -195,7 +195,8 @@ class NMFEpisodes:
         grow = running & ~diverged
         self.deltas[grow] = np.concatenate([delta[grow, None], self.deltas[grow, :-1]], axis=1)
         self.loss = np.where(running, loss, self.loss)
-        self.lr_prev = np.where(running, lr, self.lr_prev)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.fraction = np.where(running & np.isfinite(clip), lr / clip, self.fraction)
         applied = np.where(running, lr, np.where(np.isnan(requested), 0.0, requested))
         return Transition(
             lr=applied,
@@ -214,9 +215,8 @@ class NMFEpisodes:
             loss=self.loss,
             loss0=self.loss0,
             deltas=self.deltas,
-            lr_prev=self.lr_prev,
+            fraction=self.fraction,
             lr_bound=None if self.config.bound == "none" else self.lr_bound,
-            bound_scale=self.config.bound_scale,
             noise_ratio=self.noise_ratio,
             progress=self.t / self.horizon,
         )
@@ -423,9 +423,8 @@ def nmf_observation(
     loss: np.ndarray | float,
     loss0: np.ndarray | float,
     deltas: np.ndarray | list[float],
-    lr_prev: np.ndarray | float,
+    fraction: np.ndarray | float,
     lr_bound: np.ndarray | float | None,
-    bound_scale: float,
     noise_ratio: np.ndarray | float,
     progress: np.ndarray | float,
 ) -> np.ndarray:
@@ -435,11 +434,12 @@ def nmf_observation(
     has shape ``(B, HISTORY)`` and the result ``(B, 8)``) and
     :class:`lrrl.schedulers.PolicyScheduler`, which rebuilds it from a loss history in any
     training loop. ``deltas`` are the last ``HISTORY`` log-loss changes, newest first;
-    ``lr_prev`` the last applied learning rate (NaN before the first decision); ``lr_bound``
-    the current bound (``None`` when the env has none).
+    ``fraction`` the last applied learning rate over the clip it was applied under (NaN
+    before the first decision); ``lr_bound`` the current bound (``None`` when the env has
+    none).
     """
     loss, loss0 = np.asarray(loss, dtype=np.float64), np.asarray(loss0, dtype=np.float64)
-    lr_prev = np.asarray(lr_prev, dtype=np.float64)
+    fraction = np.asarray(fraction, dtype=np.float64)
     deltas = np.asarray(deltas, dtype=np.float64)
     obs = np.empty((*deltas.shape[:-1], OBS_SIZE))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -449,7 +449,7 @@ def nmf_observation(
             obs[..., 4:6] = 0.0
         else:
             lr_bound = np.asarray(lr_bound, dtype=np.float64)
-            obs[..., 4] = np.where(lr_prev > 0, np.log(lr_prev / (bound_scale * lr_bound)), 0.0)
+            obs[..., 4] = np.where(fraction > 0, np.log(fraction), 0.0)
             obs[..., 5] = np.where(lr_bound > 0, np.log10(lr_bound), -OBS_LIMIT)
     obs[..., 6] = noise_ratio
     obs[..., 7] = progress

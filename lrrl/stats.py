@@ -5,11 +5,13 @@ of any scale). Schedulers are compared on the same instances and episode seeds, 
 sharpest statistic is the paired one: per episode, ``log(loss_T^A / loss_T^B)`` (the initial
 loss is shared), whose mean is the log of the geometric-mean final-loss ratio A/B.
 
-Scores are arranged as rliable expects, a ``(runs, tasks)`` matrix: tasks are instances,
-runs the episode seeds (and, across a sweep, the training seeds) on each. Intervals are
-rliable's stratified bootstrap with ``task_bootstrap=True``: instances are resampled as well
-as the runs on each, so an interval says how far the figure could move on another draw of
-instances from the same families, not only on another draw of seeds.
+Scores are arranged as rliable arranges them, a ``(runs, tasks)`` matrix: tasks are
+instances, runs the episode seeds (and, across a sweep, the training seeds) on each. Intervals
+come from rliable's stratified bootstrap with ``task_bootstrap=True`` (instances resampled as
+well as the runs on each, so an interval says how far the figure could move on another draw of
+instances from the same families, not only on another draw of seeds), here vectorised over the
+resamples: rliable's own loop takes minutes per interval at a few hundred instances, and the
+tests check that both give the same intervals and point estimates.
 
 A divergence scores :data:`DIVERGED`: as if the run ended at 1000 times its initial loss,
 worse than any run that did not diverge, and finite, so means and ratios stay defined (the
@@ -21,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,68 +54,68 @@ def matrix(keys: Sequence[tuple[str, int]], values: ArrayLike) -> tuple[np.ndarr
     return np.array([by_task[t] for t in tasks], dtype=np.float64).T, tasks
 
 
-def iqm(x: np.ndarray) -> float:
+def _iqm(x: np.ndarray, axis: int) -> np.ndarray:
+    """Interquartile mean along ``axis``: the mean of the middle half (``trim_mean(x, 0.25)``)."""
+    x = np.sort(x, axis=axis)
+    n = x.shape[axis]
+    cut = int(0.25 * n)  # as scipy.stats.trim_mean, which rliable's aggregate_iqm uses
+    return np.take(x, np.arange(cut, n - cut), axis=axis).mean(axis=axis)
+
+
+#: rliable's aggregates of ``(..., runs, tasks)`` score matrices, vectorised over the leading
+#: axes: the mean, the median of the per-task means, and the IQM of all scores.
+ESTIMATORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": lambda x: x.mean(axis=(-2, -1)),
+    "median": lambda x: np.median(x.mean(axis=-2), axis=-1),
+    "iqm": lambda x: _iqm(x.reshape(*x.shape[:-2], -1), axis=-1),
+}
+
+
+def iqm(x: ArrayLike) -> float:
     """Interquartile mean over all entries (rliable's ``aggregate_iqm``)."""
-    from rliable import metrics
-
-    return float(metrics.aggregate_iqm(np.asarray(x, dtype=np.float64)))
+    return float(_iqm(np.asarray(x, dtype=np.float64).ravel(), axis=-1))
 
 
-def _estimators() -> dict[str, Callable[[np.ndarray], float]]:
-    from rliable import metrics
+def resample(x: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """``samples`` stratified bootstrap resamples of a ``(runs, tasks)`` matrix, flattened.
 
-    return {
-        "mean": metrics.aggregate_mean,
-        "median": metrics.aggregate_median,
-        "iqm": metrics.aggregate_iqm,
-    }
+    As rliable's ``StratifiedBootstrap(task_bootstrap=True)``: tasks (instances) are drawn
+    with replacement, and the runs on each drawn task are drawn with replacement among that
+    task's runs. Vectorised over the resamples (rliable loops over them in Python, minutes
+    for a few hundred instances); ``tests/test_comparison.py`` checks the two agree.
+    Returns ``(samples, runs, tasks)``.
+    """
+    runs, tasks = x.shape
+    rng = np.random.default_rng(seed)
+    task = rng.integers(0, tasks, size=(samples, 1, tasks))
+    run = rng.integers(0, runs, size=(samples, runs, tasks))
+    return x[run, task]
 
 
-def interval_estimates(
-    score_dict: Mapping[str, np.ndarray],
-    func: Callable[[np.ndarray], np.ndarray],
+def interval(
+    x: np.ndarray,
+    stat: Callable[[np.ndarray], np.ndarray],
     samples: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """rliable's stratified bootstrap over instances and runs: point estimates and intervals
-    (``(2, k)`` arrays) of ``func`` for each ``(runs, tasks)`` matrix of ``score_dict``."""
-    from rliable import library
-
-    # rliable's stratified bootstrap draws its indices from NumPy's global generator, whatever
-    # random_state says: seed it for reproducible intervals, and give the caller's state back.
-    saved = np.random.get_state()  # noqa: NPY002
-    np.random.seed(seed)  # noqa: NPY002
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # arch's notice about its RandomState argument
-            return library.get_interval_estimates(
-                dict(score_dict),
-                func,
-                reps=samples,
-                confidence_interval_size=confidence,
-                task_bootstrap=True,
-                random_state=np.random.RandomState(seed),
-            )
-    finally:
-        np.random.set_state(saved)  # noqa: NPY002
+) -> tuple[float, list[float]]:
+    """``stat`` of a ``(runs, tasks)`` matrix and its percentile interval over stratified
+    bootstrap resamples (:func:`resample`); ``stat`` maps ``(..., runs, tasks)`` to ``(...)``."""
+    x = np.asarray(x, dtype=np.float64)
+    point = float(stat(x[None])[0])
+    values = stat(resample(x, samples, seed))
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return point, [float(low), float(high)]
 
 
 def describe(
     x: np.ndarray, samples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, Any]:
     """``{mean, mean_ci, median, median_ci, iqm, iqm_ci}`` of a ``(runs, tasks)`` matrix."""
-    estimators = _estimators()
-    names = list(estimators)
-
-    def func(s: np.ndarray) -> np.ndarray:
-        return np.array([estimators[n](s) for n in names])
-
-    point, ci = interval_estimates({"x": x}, func, samples, confidence, seed)
     out: dict[str, Any] = {}
-    for i, name in enumerate(names):
-        out[name] = float(point["x"][i])
-        out[f"{name}_ci"] = [float(ci["x"][0, i]), float(ci["x"][1, i])]
+    for name, stat in ESTIMATORS.items():
+        out[name], out[f"{name}_ci"] = interval(x, stat, samples, confidence, seed)
     return out
 
 
@@ -122,32 +124,26 @@ def ratio(
 ) -> dict[str, Any]:
     """The geometric-mean final-loss ratio ``exp(mean(diff))`` of paired log differences
     (a ``(runs, tasks)`` matrix of ``log(L_A / L_B)``), with its bootstrap interval."""
-    point, ci = interval_estimates(
-        {"d": diff}, lambda s: np.array([np.mean(s)]), samples, confidence, seed
-    )
-    return {
-        "ratio": float(np.exp(point["d"][0])),
-        "ratio_ci": [float(np.exp(ci["d"][0, 0])), float(np.exp(ci["d"][1, 0]))],
-    }
+    point, ci = interval(diff, ESTIMATORS["mean"], samples, confidence, seed)
+    return {"ratio": math.exp(point), "ratio_ci": [math.exp(ci[0]), math.exp(ci[1])]}
+
+
+def improvement_per_task(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per task, ``P(X_a < X_b)`` over every pair of runs (ties count half): the
+    Mann-Whitney form of the probability of improvement of Agarwal et al. (2021)."""
+    x, y = a[:, None, :], b[None, :, :]
+    return np.mean(np.where(x < y, 1.0, np.where(x == y, 0.5, 0.0)), axis=(0, 1))
 
 
 def probability_of_improvement(
     a: np.ndarray, b: np.ndarray, samples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, Any]:
-    """``P(A < B)``: how often a run of A ends lower than a run of B on the same instance
-    (the Mann-Whitney form of Agarwal et al. 2021, averaged over instances; ties count half),
-    with its bootstrap interval. ``a`` and ``b`` are ``(runs, tasks)`` matrices of scores."""
-    from rliable import metrics
-
-    def poi(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        # rliable counts x > y as an improvement; our scores improve downwards.
-        return np.array([metrics.probability_of_improvement(-x, -y)])
-
-    point, ci = interval_estimates({"ab": [a, b]}, poi, samples, confidence, seed)
-    return {
-        "probability_of_improvement": float(point["ab"][0]),
-        "probability_of_improvement_ci": [float(ci["ab"][0, 0]), float(ci["ab"][1, 0])],
-    }
+    """``P(A < B)``: how often a run of A ends lower than a run of B on the same instance,
+    averaged over instances (rliable's ``probability_of_improvement`` with scores that improve
+    downwards), with a bootstrap interval over instances. ``a``, ``b``: ``(runs, tasks)``."""
+    per_task = improvement_per_task(np.asarray(a, float), np.asarray(b, float))
+    point, ci = interval(per_task[None, :], ESTIMATORS["mean"], samples, confidence, seed)
+    return {"probability_of_improvement": point, "probability_of_improvement_ci": ci}
 
 
 def win_rate(a: ArrayLike, b: ArrayLike) -> float:

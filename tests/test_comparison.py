@@ -550,3 +550,29 @@ def test_intervals_are_reproducible_and_leave_the_global_generator_alone():
     assert stats.describe(x, samples=300, seed=4) == first
     assert stats.describe(x, samples=300, seed=5) != first
     np.testing.assert_array_equal(np.random.get_state()[1], before)  # noqa: NPY002
+
+
+def test_vectorised_bootstrap_agrees_with_rliable():
+    """rliable is the reference: same estimators, same resampling scheme, same intervals."""
+    from rliable import library, metrics
+
+    x = np.random.default_rng(3).normal(size=(4, 60)) + np.linspace(0, 2, 60)
+    ours = stats.describe(x, samples=4000, seed=1)
+    np.random.seed(0)  # noqa: NPY002  (rliable draws from the global generator)
+    names = ("mean", "median", "iqm")
+    point, ci = library.get_interval_estimates(
+        {"x": x},
+        lambda s: np.array(
+            [metrics.aggregate_mean(s), metrics.aggregate_median(s), metrics.aggregate_iqm(s)]
+        ),
+        reps=4000,
+        task_bootstrap=True,
+    )
+    for i, name in enumerate(names):
+        assert ours[name] == pytest.approx(point["x"][i], rel=1e-12)
+        width = ci["x"][1, i] - ci["x"][0, i]
+        assert ours[f"{name}_ci"][0] == pytest.approx(ci["x"][0, i], abs=0.1 * width)
+        assert ours[f"{name}_ci"][1] == pytest.approx(ci["x"][1, i], abs=0.1 * width)
+    y = x + np.random.default_rng(4).normal(0.3, 1.0, size=x.shape)
+    poi = stats.probability_of_improvement(x, y)["probability_of_improvement"]
+    assert poi == pytest.approx(metrics.probability_of_improvement(-x, -y), rel=1e-12)

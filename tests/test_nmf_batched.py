@@ -77,7 +77,7 @@ def test_make_vec_returns_the_batched_env():
     "extra",
     [
         {"noise_std": 0.05},
-        {"bound": "deterministic"},
+        {"bound": "deterministic", "action_mode": "delta"},
         {"action_mode": "log_lr", "bound": "none", "lr_range": (1e-3, 0.3)},
     ],
 )

@@ -129,8 +129,24 @@ def test_shipped_env_config_adds_nothing_to_the_dataclass_defaults():
     assert env == NMFConfig().to_dict()
 
 
+def test_delta_actions_move_the_fraction_of_the_clip_by_at_most_lr_step():
+    env = make(action_mode="delta", lr_step=0.5, lr_floor=0.01)
+    env.reset(seed=0)
+    u = env.unwrapped
+    _, _, _, _, info = env.step(np.zeros(1, np.float32))  # starts at the ceiling: the clip
+    assert info["lr"] == pytest.approx(info["lr_bound"])
+    fractions = [1.0]
+    for a in (-1.0, -1.0, 0.0, 1.0, -0.3):
+        clip = u.clip
+        _, _, _, _, info = env.step(np.array([a], np.float32))
+        fractions.append(info["lr"] / clip)
+        assert fractions[-1] == pytest.approx(min(1.0, fractions[-2] * math.exp(0.5 * a)))
+    assert fractions[2] == pytest.approx(math.exp(-1.0))
+    assert fractions[3] == pytest.approx(fractions[2], rel=1e-12)  # action 0 keeps the fraction
+
+
 def test_action_for_lr_round_trips():
-    for mode in ("bound", "log_lr"):
+    for mode in ("bound", "delta", "log_lr"):
         u = make(action_mode=mode, lr_range=(1e-6, 10.0)).unwrapped
         u.reset(seed=0)
         for fraction in (0.05, 0.3, 0.9):

@@ -83,6 +83,7 @@ class NMFObservation:
         self.noise_source = noise_ratio
         self.deltas = [0.0] * HISTORY
         self.loss_prev: float | None = None
+        self.fraction = math.nan  # the last lr over the clip it was applied under
         self.lr_bound = 0.0
         self._refresh()
 
@@ -92,23 +93,22 @@ class NMFObservation:
             raise ValueError(f"lr_bound={self.lr_bound!r} is invalid: expected a positive float")
         self.noise_ratio = float(_read(self.noise_source))  # type: ignore[arg-type]
 
-    def _obs(self, loss: float, loss0: float, lr_prev: float, progress: float) -> np.ndarray:
+    def _obs(self, loss: float, loss0: float, progress: float) -> np.ndarray:
         from lrrl.envs.nmf import nmf_observation
 
         return nmf_observation(
             loss=loss,
             loss0=loss0,
             deltas=self.deltas,
-            lr_prev=lr_prev,
+            fraction=self.fraction,
             lr_bound=self.lr_bound if self.has_bound else None,
-            bound_scale=self.bound_scale,
             noise_ratio=self.noise_ratio,
             progress=progress,
         )
 
     def start(self) -> np.ndarray:
         # loss / loss0 = 1 before any decision, so the loss values do not matter yet.
-        return self._obs(1.0, 1.0, math.nan, 0.0)
+        return self._obs(1.0, 1.0, 0.0)
 
     @property
     def clip(self) -> float:
@@ -117,15 +117,18 @@ class NMFObservation:
     def lr_for_action(self, action: np.ndarray) -> float:
         from lrrl.envs.nmf import nmf_lr_for_action
 
-        return min(nmf_lr_for_action(action, self.config, self.clip), self.clip)
+        lr = min(nmf_lr_for_action(action, self.config, self.clip, self.fraction), self.clip)
+        self.fraction = lr / self.clip if self.has_bound else math.nan
+        return lr
 
     def state_dict(self) -> dict[str, Any]:
         """The loss history the next observation depends on."""
-        return {"deltas": list(self.deltas), "loss_prev": self.loss_prev}
+        return {"deltas": list(self.deltas), "loss_prev": self.loss_prev, "fraction": self.fraction}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.deltas = list(state["deltas"])
         self.loss_prev = state["loss_prev"]
+        self.fraction = state.get("fraction", math.nan)
 
     def observe(self, loss0: float, loss: float, lr: float, progress: float) -> np.ndarray:
         loss_prev = loss0 if self.loss_prev is None else self.loss_prev
@@ -134,7 +137,7 @@ class NMFObservation:
             self.deltas = [delta, *self.deltas[:-1]]
         self.loss_prev = loss
         self._refresh()
-        return self._obs(loss, loss0, lr, progress)
+        return self._obs(loss, loss0, progress)
 
 
 #: Observation builders by env id: ``factory(env_config, reference_lr, **options)``.
