@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - start
     header = (
         f"Command: `python {command}` ({args.n_jobs} worker(s)); wall time {wall:.0f} s "
-        f"(tuning {study.wall_s['tuning']:.0f} s, evaluation {study.wall_s['evaluation']:.0f} s). "
+        f"(tuning {study.wall_s['tuning']:.0f} s, evaluation {study.wall_s['evaluation']:.0f} s); "
+        f"CPU time of all runs {sum(study.cpu_s.values()):.0f} s. "
         f"{len(config.families)} families x {len(config.noises)} conditions, {config.steps} "
         f"optimizer steps per run, {config.budget} tuning candidates x {config.tune_seeds} "
         f"tuning seeds per scheduler and problem, {config.eval_seeds} evaluation seeds.\n\n"
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "n_jobs": args.n_jobs,
         "wall_s": {**study.wall_s, "total_with_report": wall},
+        "cpu_s": study.cpu_s,
         "config": {
             **{k: v for k, v in vars(config).items() if k != "strengths"},
             "strengths": vars(config.strengths),

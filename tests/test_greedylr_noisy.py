@@ -149,7 +149,7 @@ def test_tuning_picks_the_best_candidate():
         tune_seeds=2,
         eval_seeds=1,
     )
-    best, records = tune(config, n_jobs=1)
+    best, records, _ = tune(config, n_jobs=1)
     for record in records:
         scheduler = record["scheduler"]
         # each candidate retrained on its own: the recorded objectives belong to it
@@ -186,6 +186,7 @@ def _result(scheduler, family, noise, seed, final, best=None):
         event_step=None,
         event_loss=None,
         wall_s=0.0,
+        cpu_s=0.0,
     )
 
 
@@ -219,6 +220,8 @@ def test_report_fractions_come_from_the_paired_runs():
     assert groups["none"]["as_good_final"]["value"] == 0.0
     assert groups["none"]["comparisons"] == 2
     assert noisy["median_final_greedy"] == 3.0 and noisy["median_final_cosine"] == 2.0
+    assert noisy["diverged_greedy"] == 1 and noisy["diverged_cosine"] == 1
+    assert groups["label"]["ratio_final"]["ci"][1] == pytest.approx(5 / 4)  # the tie adds log 1
     lo, hi = noisy["as_good_final"]["ci"]
     assert 0.5 <= lo <= 0.6 <= hi <= 2 / 3  # clusters: 2/3 (mlp) and 1/2 (nmf)
     assert groups["none"]["as_good_final"]["ci"] == [0.0, 0.0]

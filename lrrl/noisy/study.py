@@ -93,6 +93,7 @@ class StudyResult:
     runs: list[RunResult]
     tuning: list[dict[str, Any]]
     wall_s: dict[str, float]
+    cpu_s: dict[str, float]  # summed over runs: the study's cost on one free core
 
 
 def _train_one(spec: RunSpec) -> RunResult:
@@ -112,8 +113,9 @@ def run_all(specs: Sequence[RunSpec], n_jobs: int) -> list[RunResult]:
 
 def tune(
     config: StudyConfig, n_jobs: int
-) -> tuple[dict[tuple[str, str, str], dict[str, Any]], list[dict[str, Any]]]:
-    """The best parameters of every (family, noise, scheduler), and every trial's objective."""
+) -> tuple[dict[tuple[str, str, str], dict[str, Any]], list[dict[str, Any]], float]:
+    """The best parameters of every (family, noise, scheduler), every trial's objective, and
+    the CPU seconds the tuning runs took."""
     cells = [(f, n, s) for f in config.families for n in config.noises for s in config.schedulers]
     trials: list[tuple[tuple[str, str, str], int, dict[str, Any]]] = []
     specs = []
@@ -144,7 +146,7 @@ def tune(
                 "best": chosen,
             }
         )
-    return best, records
+    return best, records, sum(r.cpu_s for r in results)
 
 
 def run_study(
@@ -157,7 +159,7 @@ def run_study(
         f"tuning: {n_cells} (problem, scheduler) cells x {config.budget} candidates x "
         f"{config.tune_seeds} seeds = {n_cells * config.budget * config.tune_seeds} runs"
     )
-    best, records = tune(config, n_jobs)
+    best, records, tuning_cpu = tune(config, n_jobs)
     tuned = time.perf_counter()
     specs = [
         config.spec(family, noise, scheduler, best[(family, noise, scheduler)], seed)
@@ -172,6 +174,7 @@ def run_study(
         runs=runs,
         tuning=records,
         wall_s={"tuning": tuned - start, "evaluation": end - tuned, "total": end - start},
+        cpu_s={"tuning": tuning_cpu, "evaluation": sum(r.cpu_s for r in runs)},
     )
 
 

@@ -100,7 +100,9 @@ def cluster_bootstrap(
     with np.errstate(invalid="ignore"):
         stats = num[draws].sum(axis=1) / den[draws].sum(axis=1)
     alpha = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha], method="linear")
+    # quantiles that are resampled values (no interpolation), so a diverged run's inf stays
+    # inf instead of turning an interpolation between two infs into NaN
+    lo, hi = np.quantile(stats, [alpha, 1.0 - alpha], method="inverted_cdf")
     return float(lo), float(hi)
 
 
@@ -167,6 +169,8 @@ def _group(comparisons: Sequence[Comparison], best: Sequence[Comparison]) -> dic
         "problems": len({c.problem for c in comparisons}),
         "as_good_final": fraction_as_good(comparisons),
         "as_good_best": fraction_as_good(best),
+        "diverged_greedy": sum(math.isinf(c.greedy) for c in comparisons),
+        "diverged_cosine": sum(math.isinf(c.cosine) for c in comparisons),
         "median_final_greedy": _median([c.greedy for c in comparisons]),
         "median_final_cosine": _median([c.cosine for c in comparisons]),
         "ratio_final": geometric_mean_ratio(comparisons),
@@ -249,8 +253,8 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [
         "| GreedyLR variant | problems | comparisons | as good or better: final loss | "
         "as good or better: best loss | median final loss GreedyLR | median final loss cosine | "
-        "final-loss ratio GreedyLR/cosine (geo. mean) |",
-        "|---|---|---|---|---|---|---|---|",
+        "final-loss ratio GreedyLR/cosine (geo. mean) | diverged GreedyLR / cosine |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for variant, v in summary["variants"].items():
         for group, g in v["groups"].items():
@@ -258,17 +262,18 @@ def markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {LABELS[variant]}: {group} | {g['problems']} | {g['comparisons']} "
                 f"| {_ci(g['as_good_final'], '.1%')} | {best} | {g['median_final_greedy']:.3g} "
-                f"| {g['median_final_cosine']:.3g} | {_ci(g['ratio_final'], '.3g')} |"
+                f"| {g['median_final_cosine']:.3g} | {_ci(g['ratio_final'], '.3g')} "
+                f"| {g['diverged_greedy']} / {g['diverged_cosine']} |"
             )
     lines.append(
         f"| reported by the GreedyLR authors: small models | | {pub['as_good_or_better_comparisons']} "
         f"| {pub['as_good_or_better']:.2%} overall, {pub['as_good_or_better_final_loss']} on final "
-        "loss | | | | |"
+        "loss | | | | | |"
     )
     med = pub["median_final_loss_noisy"]
     lines.append(
         "| reported by the GreedyLR authors: noisy suite | | | | | "
-        f"{med['greedylr']} | {med['cosine']} | |"
+        f"{med['greedylr']} | {med['cosine']} | | |"
     )
     lines += [
         "",

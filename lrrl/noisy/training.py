@@ -105,6 +105,7 @@ class RunResult:
     event_step: int | None
     event_loss: float | None  # spike runs: the loss right after the perturbation
     wall_s: float
+    cpu_s: float  # this process's CPU time: what the run costs on one free core
 
     @property
     def problem(self) -> str:
@@ -181,7 +182,7 @@ def _diverged(loss: float, initial: float) -> bool:
 
 def train(spec: RunSpec) -> RunResult:
     """Run ``spec`` and record its losses and learning rates (stops early on divergence)."""
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     strengths = spec.strengths
     trainee = build_trainee(spec.family, spec.noise, spec.seed, strengths)
     optimizer = build_family_optimizer(spec.family, trainee, float(spec.params["lr"]))
@@ -258,4 +259,5 @@ def train(spec: RunSpec) -> RunResult:
         event_step=event_step,
         event_loss=event_loss,
         wall_s=time.perf_counter() - start,
+        cpu_s=time.process_time() - start_cpu,
     )
