@@ -3,6 +3,7 @@
     python experiments/greedylr_noisy.py                 # the full study (see notes/noisy.md)
     python experiments/greedylr_noisy.py --quick         # about a minute, for development
     python experiments/greedylr_noisy.py --out DIR --n-jobs 2
+    python experiments/greedylr_noisy.py --report-from DIR  # re-render DIR's tables, no training
 
 Five model families (digits MLP, CNN and softmax, a GRU on generated sequences, NMF) under
 five conditions (no injected noise, gradient noise, label noise, a parameter spike, a data
@@ -30,15 +31,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lrrl.noisy.problems import FAMILIES, NOISES  # noqa: E402
-from lrrl.noisy.study import PRESETS, StudyResult, run_study, with_overrides  # noqa: E402
+from lrrl.noisy.study import (  # noqa: E402
+    PRESETS,
+    StudyResult,
+    config_from_json,
+    config_to_json,
+    run_study,
+    with_overrides,
+)
 from lrrl.noisy.summary import LABELS, markdown, recovery_steps, summarise  # noqa: E402
-from lrrl.noisy.training import SCHEDULERS  # noqa: E402
+from lrrl.noisy.training import SCHEDULERS, RunResult  # noqa: E402
+
+DEFAULT_OUT = Path("outputs/greedylr_noisy")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small study for development")
-    parser.add_argument("--out", type=Path, default=Path("outputs/greedylr_noisy"))
+    parser.add_argument("--out", type=Path, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--n-jobs", type=int, default=2, help="joblib worker processes")
     parser.add_argument("--families", nargs="+", choices=tuple(FAMILIES))
     parser.add_argument("--noises", nargs="+", choices=NOISES)
@@ -47,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=int, help="tuning candidates per scheduler and problem")
     parser.add_argument("--tune-seeds", type=int)
     parser.add_argument("--eval-seeds", type=int)
+    parser.add_argument(
+        "--report-from",
+        type=Path,
+        metavar="DIR",
+        help="train nothing: re-render the tables and plot from DIR/results.json",
+    )
     args = parser.parse_args(argv)
     if args.n_jobs < 1:
         parser.error(f"--n-jobs={args.n_jobs} is invalid: expected an integer >= 1")
@@ -122,8 +138,60 @@ def plot(study: StudyResult, summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def write_outputs(study: StudyResult, out: Path, run: dict[str, Any], rerendered: bool) -> str:
+    """Write report.md, results.json and noisy.png into ``out``; return the report text.
+
+    ``run`` holds how the runs were made: ``command``, ``n_jobs`` and the total ``wall_s``.
+    """
+    config = study.config
+    summary = summarise(study.runs, config.variants)
+    header = (
+        f"Command: `python {run['command']}` ({run['n_jobs']} worker(s)); wall time "
+        f"{run['wall_s']:.0f} s (tuning {study.wall_s['tuning']:.0f} s, evaluation "
+        f"{study.wall_s['evaluation']:.0f} s); CPU time of all runs "
+        f"{sum(study.cpu_s.values()):.0f} s. {len(config.families)} families x "
+        f"{len(config.noises)} conditions, {config.steps} optimizer steps per run, "
+        f"{config.budget} tuning candidates x {config.tune_seeds} tuning seeds per scheduler "
+        f"and problem, {config.eval_seeds} evaluation seeds."
+        + (" Tables re-rendered from results.json (`--report-from`)." if rerendered else "")
+        + "\n\n"
+    )
+    report = header + markdown(summary)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(report)
+    payload = {
+        **run,
+        "wall_s_phases": study.wall_s,
+        "cpu_s": study.cpu_s,
+        "config": config_to_json(config),
+        "summary": summary,
+        "tuning": study.tuning,
+        "runs": run_records(study),
+    }
+    (out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
+    plot(study, summary, out / "noisy.png")
+    return report
+
+
+def load_study(path: Path) -> tuple[StudyResult, dict[str, Any]]:
+    """A finished study back from its results.json, and how its runs were made."""
+    data = json.loads(path.read_text())
+    study = StudyResult(
+        config=config_from_json(data["config"]),
+        runs=[RunResult.from_json(r) for r in data["runs"]],
+        tuning=data["tuning"],
+        wall_s=data["wall_s_phases"],
+        cpu_s=data["cpu_s"],
+    )
+    return study, {k: data[k] for k in ("command", "n_jobs", "wall_s")}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_from is not None:
+        study, run = load_study(args.report_from / "results.json")
+        print(write_outputs(study, args.out or args.report_from, run, rerendered=True))
+        return 0
     config = with_overrides(
         PRESETS["quick" if args.quick else "default"],
         families=tuple(args.families) if args.families else None,
@@ -134,39 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         tune_seeds=args.tune_seeds,
         eval_seeds=args.eval_seeds,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out or DEFAULT_OUT
     command = shlex.join([Path(sys.argv[0]).as_posix(), *(sys.argv[1:] if argv is None else argv)])
     start = time.perf_counter()
     study = run_study(config, n_jobs=args.n_jobs)
-    summary = summarise(study.runs, config.variants)
-    wall = time.perf_counter() - start
-    header = (
-        f"Command: `python {command}` ({args.n_jobs} worker(s)); wall time {wall:.0f} s "
-        f"(tuning {study.wall_s['tuning']:.0f} s, evaluation {study.wall_s['evaluation']:.0f} s); "
-        f"CPU time of all runs {sum(study.cpu_s.values()):.0f} s. "
-        f"{len(config.families)} families x {len(config.noises)} conditions, {config.steps} "
-        f"optimizer steps per run, {config.budget} tuning candidates x {config.tune_seeds} "
-        f"tuning seeds per scheduler and problem, {config.eval_seeds} evaluation seeds.\n\n"
-    )
-    table = markdown(summary)
-    (args.out / "report.md").write_text(header + table)
-    payload = {
-        "command": command,
-        "n_jobs": args.n_jobs,
-        "wall_s": {**study.wall_s, "total_with_report": wall},
-        "cpu_s": study.cpu_s,
-        "config": {
-            **{k: v for k, v in vars(config).items() if k != "strengths"},
-            "strengths": vars(config.strengths),
-        },
-        "summary": summary,
-        "tuning": study.tuning,
-        "runs": run_records(study),
-    }
-    (args.out / "results.json").write_text(json.dumps(_json_safe(payload), indent=1))
-    plot(study, summary, args.out / "noisy.png")
-    print(header + table)
-    print(f"wrote {args.out}/report.md, results.json, noisy.png")
+    run = {"command": command, "n_jobs": args.n_jobs, "wall_s": time.perf_counter() - start}
+    print(write_outputs(study, out, run, rerendered=False))
+    print(f"wrote {out}/report.md, results.json, noisy.png")
     return 0
 
 

@@ -111,6 +111,14 @@ def test_a_diverged_run_counts_as_infinite_loss():
     assert r.diverged and r.final_loss == math.inf
     assert r.optimizer_steps < 30
 
+    # through JSON (where a non-finite loss is null) and back, a run is the same
+    spike = train(_spec("softmax", noise="spike", steps=20))
+    assert RunResult.from_json(json.loads(json.dumps(spike.to_json()))) == spike
+    blown = _result("cosine", "mlp", "none", 0, math.inf)
+    text = json.dumps(blown.to_json())
+    assert "NaN" not in text and "Infinity" not in text
+    assert RunResult.from_json(json.loads(text)) == blown
+
 
 def test_cosine_factor_warms_up_then_anneals_to_the_min_ratio():
     assert cosine_factor(0, 100, 0.1, 0.01) == pytest.approx(1 / 11)
@@ -303,3 +311,9 @@ def test_quick_study_end_to_end(tmp_path):
     for record in data["runs"]:
         if record["problem"].endswith("spike") and not record["diverged"]:
             assert record["recovery_steps"] is None or record["recovery_steps"] % 10 == 0
+    # re-rendering from results.json alone gives the same tables
+    again = tmp_path / "again"
+    cmd = [sys.executable, str(script), "--report-from", str(tmp_path), "--out", str(again)]
+    assert subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+    tables = (again / "report.md").read_text().split("\n\n", 1)
+    assert tables[0].endswith("(`--report-from`).") and tables[1] == report.split("\n\n", 1)[1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import joblib
@@ -176,6 +176,20 @@ def run_study(
         wall_s={"tuning": tuned - start, "evaluation": end - tuned, "total": end - start},
         cpu_s={"tuning": tuning_cpu, "evaluation": sum(r.cpu_s for r in runs)},
     )
+
+
+def config_to_json(config: StudyConfig) -> dict[str, Any]:
+    """The config as plain JSON values (read back by :func:`config_from_json`)."""
+    out = {f.name: getattr(config, f.name) for f in fields(config)}
+    out["strengths"] = asdict(config.strengths)
+    return out
+
+
+def config_from_json(data: dict[str, Any]) -> StudyConfig:
+    """The config written by :func:`config_to_json`."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    values["strengths"] = NoiseStrengths(**data["strengths"])
+    return StudyConfig(**values)
 
 
 def with_overrides(config: StudyConfig, **overrides: Any) -> StudyConfig:

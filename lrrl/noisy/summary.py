@@ -182,7 +182,7 @@ def summarise(results: Sequence[RunResult], variants: Sequence[str]) -> dict[str
 
     Groups: ``noisy`` (every noise condition pooled), each condition on its own, ``none`` (the
     noise-free problems) and ``label (clean targets)`` (label-noise runs scored on the clean
-    targets). Also: spike recovery per scheduler and the per-problem loss ratios.
+    targets). Also: per scheduler, its lr range and spike recovery; the per-problem ratios.
     """
     out: dict[str, Any] = {"published": PUBLISHED, "variants": {}}
     noises = sorted({r.noise for r in results})
@@ -211,16 +211,24 @@ def summarise(results: Sequence[RunResult], variants: Sequence[str]) -> dict[str
             for p in sorted({c.problem for c in final})
         }
         out["variants"][variant] = {"groups": groups, "ratio_by_problem": per_problem}
-    out["recovery"] = spike_recovery(results)
+    out["schedulers"] = per_scheduler(results)
     return out
 
 
-def spike_recovery(results: Sequence[RunResult]) -> dict[str, Any]:
-    """Per scheduler, over its spike runs: how often and how fast the loss came back."""
+def per_scheduler(results: Sequence[RunResult]) -> dict[str, Any]:
+    """Per scheduler: how far its lr moves within a run, and how it came back from spikes.
+
+    The lr range is ``max(lr) / min(lr)`` over one run's optimizer steps (median over runs).
+    Spike figures, over the spike runs: the loss jump (right after / just before), how often
+    and how fast the loss came back within :data:`RECOVERY_TOLERANCE`.
+    """
     out: dict[str, Any] = {}
     for scheduler in sorted({r.scheduler for r in results}):
-        runs = [r for r in results if r.scheduler == scheduler and r.noise == "spike"]
+        mine = [r for r in results if r.scheduler == scheduler]
+        lr_range = _median([max(r.lr) / min(r.lr) for r in mine if r.lr and min(r.lr) > 0])
+        runs = [r for r in mine if r.noise == "spike"]
         if not runs:
+            out[scheduler] = {"lr_range": lr_range, "runs": 0}
             continue
         steps = [
             recovery_steps(r.eval_steps, r.loss, r.event_step)
@@ -233,6 +241,7 @@ def spike_recovery(results: Sequence[RunResult]) -> dict[str, Any]:
             r.event_loss / r.loss[r.eval_steps.index(r.event_step)] for r in runs if r.event_loss
         ]
         out[scheduler] = {
+            "lr_range": lr_range,
             "runs": len(runs),
             "recovered": len(recovered) / len(runs),
             # never recovering counts as the longest possible wait, so the median stays honest
@@ -277,14 +286,18 @@ def markdown(summary: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        "| scheduler | spike runs | loss jump at the spike (median x) | recovered to within "
-        f"{RECOVERY_TOLERANCE:.0%} | median steps to recover |",
-        "|---|---|---|---|---|",
+        "| scheduler | lr range within a run (max/min, median) | spike runs | loss jump at the "
+        f"spike (median x) | recovered to within {RECOVERY_TOLERANCE:.0%} | median steps to "
+        "recover |",
+        "|---|---|---|---|---|---|",
     ]
-    for scheduler, r in summary["recovery"].items():
+    for scheduler, r in summary["schedulers"].items():
+        if not r["runs"]:
+            lines.append(f"| {LABELS[scheduler]} | {r['lr_range']:.3g} | 0 | | | |")
+            continue
         steps = "never" if math.isinf(r["median_steps"]) else f"{r['median_steps']:.0f}"
         lines.append(
-            f"| {LABELS[scheduler]} | {r['runs']} | {r['median_jump']:.2f} "
+            f"| {LABELS[scheduler]} | {r['lr_range']:.3g} | {r['runs']} | {r['median_jump']:.2f} "
             f"| {r['recovered']:.0%} | {steps} |"
         )
     variants = list(summary["variants"])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -125,8 +125,10 @@ class RunResult:
         return min(finite) if finite else math.inf
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict, with the summary numbers beside the traces."""
+        """A JSON-ready dict (non-finite losses as null), summary numbers beside the traces."""
         out = asdict(self)
+        for key in ("loss", "clean_loss"):
+            out[key] = [_finite_or_none(x) for x in out[key]]
         out.update(
             problem=self.problem,
             final_loss=_finite_or_none(self.final_loss),
@@ -134,6 +136,18 @@ class RunResult:
             clean_final_loss=_finite_or_none(self.clean_final_loss),
         )
         return out
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> RunResult:
+        """The run back from :meth:`to_json`'s dict (JSON nulls in the traces were non-finite)."""
+        names = {f.name for f in fields(cls)}
+        missing = names - set(record)
+        if missing:
+            raise ValueError(f"run record lacks {sorted(missing)}: expected a to_json() dict")
+        values = {k: record[k] for k in names}
+        for key in ("loss", "clean_loss"):
+            values[key] = [math.inf if x is None else float(x) for x in values[key]]
+        return cls(**values)
 
 
 def _finite_or_none(x: float) -> float | None:
