@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from lrrl import report
-from lrrl.comparison import Comparison
+from lrrl.comparison import UNCLIPPED, Comparison
 from lrrl.config import EnvSpec
 from lrrl.rollout import Episode
 from lrrl.schedule import SCHEMA_NAME
@@ -138,7 +138,11 @@ def write_outputs(
         )
         write_json(target, schedule_payload(eps, env, seed, steps_per_action))
     report.write_csv(out_dir / "episodes.csv", comparison.episodes, comparison.references)
-    first = {name: eps[0] for name, eps in comparison.episodes.items() if "@" not in name}
+    first = {
+        name: eps[0]
+        for name, eps in comparison.episodes.items()
+        if not name.endswith(f"@{UNCLIPPED}")  # the same schedules again, without the clip
+    }
     plot_schedules(
         out_dir / "schedules.png",
         first,

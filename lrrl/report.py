@@ -45,7 +45,7 @@ def tuned_baselines(summaries: Mapping[str, Any], subject: str | None) -> list[s
 
 
 def unclipped_baselines(summaries: Mapping[str, Any]) -> list[str]:
-    return [n for n in summaries if n.endswith("@unclipped")]
+    return [n for n in summaries if n.endswith("@unclipped")]  # lrrl.comparison.UNCLIPPED
 
 
 def best_of(summaries: Mapping[str, Any], names: Sequence[str]) -> str | None:

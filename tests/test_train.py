@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config
+from conftest import compose, tiny_config
 from omegaconf import OmegaConf
 
 from lrrl.cli import ConfigError
@@ -155,3 +157,65 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, key):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], done.stderr
     assert not (tmp_path / "run" / "model.zip").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("agent=a2c",),
+        ("agent=recurrent_ppo",),
+        ("agent.vec_env=subproc",),
+        ("env.reward=relative_delta",),
+        ("env.safeguard=false",),
+        ("env.action_mode=delta",),
+        ("env.action_mode=log_lr",),
+    ],
+    ids=lambda o: o[0],
+)
+def test_every_agent_and_option_path_runs_end_to_end(tmp_path, overrides):
+    from lrrl.pipeline import run_experiment
+
+    metrics = run_experiment(tiny_config(*overrides), tmp_path)
+    algo = metrics["subject"]
+    assert metrics["train"]["timesteps"] >= 256 and (tmp_path / "model.zip").is_file()
+    assert math.isfinite(metrics["schedulers"][algo]["log_loss_ratio"])
+
+
+@pytest.mark.slow
+def test_sac_checkpoints_its_replay_buffer_and_resumes(tmp_path):
+    from lrrl import checkpoint
+    from lrrl.pipeline import run_experiment
+
+    first = tmp_path / "first"
+    config = tiny_config("agent=sac", "agent.total_timesteps=256", "agent.checkpoint_every=128")
+    run_experiment(config, first)
+    manifest = checkpoint.read_manifest(first / "checkpoint")
+    assert "replay_buffer" in manifest["files"]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(first / "checkpoint", resumed / "checkpoint")
+    longer = tiny_config("agent=sac", "agent.total_timesteps=384", "agent.checkpoint_every=128")
+    metrics = run_experiment(longer, resumed, resume=True)
+    assert metrics["train"]["resumed_from"] == 256 and metrics["train"]["timesteps"] >= 384
+
+
+@pytest.mark.slow
+def test_evaluate_compares_several_agents(tiny_run, tmp_path):
+    from conftest import write_run_config
+
+    from lrrl.evaluate import run_evaluation
+    from lrrl.pipeline import run_experiment
+
+    other = tmp_path / "other"
+    config = tiny_config("seed=1")
+    write_run_config(other, config)
+    run_experiment(config, other)
+    evaluate = compose("progress_bar=false", config_name="evaluate")
+    evaluate.update(run_dir=None, agents=[str(tiny_run), str(other)], env=config["env"])
+    evaluate["eval"] = config["eval"]
+    metrics = run_evaluation(evaluate, tmp_path / "eval")
+    agents = [name for name in metrics["schedulers"] if name.startswith("ppo@")]
+    assert sorted(agents) == sorted(f"ppo@{p.name}" for p in (tiny_run, other))
+    subject = metrics["subject"]
+    other_agent = next(a for a in agents if a != subject)
+    assert "ratio" in metrics["schedulers"][other_agent]["vs_subject"]
