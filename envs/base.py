@@ -103,7 +103,7 @@ class LRControlEnv(gym.Env):
             return self._by_name[chosen]
         if isinstance(chosen, (int, np.integer)) and not isinstance(chosen, bool):
             require(
-                0 <= chosen < len(self._pool),
+                bool(0 <= chosen < len(self._pool)),
                 "instance",
                 chosen,
                 f"an index below {len(self._pool)}",

@@ -39,6 +39,7 @@ running Python's standard library, so its matrices depend on the Python version.
 from __future__ import annotations
 
 import functools
+import gzip
 import re
 import sysconfig
 import zlib
@@ -46,6 +47,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -328,7 +330,10 @@ def _sklearn_data(*parts: str) -> Path:
     """A data file shipped inside scikit-learn, found without importing it (seconds)."""
     from importlib.util import find_spec
 
-    return Path(find_spec("sklearn").origin).parent.joinpath("datasets", *parts)
+    spec = find_spec("sklearn")
+    if spec is None or spec.origin is None:
+        raise ValueError("the image and digits families need scikit-learn, which is not installed")
+    return Path(spec.origin).parent.joinpath("datasets", *parts)
 
 
 @functools.cache
@@ -343,16 +348,14 @@ def _grey_images() -> tuple[np.ndarray, ...]:
     import matplotlib.cbook as cbook
     from PIL import Image  # a matplotlib dependency
 
-    def grey(f) -> np.ndarray:
-        return np.asarray(Image.open(f).convert("L"), dtype=np.float64) / 255.0
+    def grey(path: Any) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
 
-    images = []
-    for name in ("china.jpg", "flower.jpg"):
-        with _sklearn_data("images", name).open("rb") as f:
-            images.append(grey(f))
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        images.append(grey(f))
-    with cbook.get_sample_data("s1045.ima.gz") as f:  # a 256 x 256 MRI slice, 16-bit
+    images = [grey(_sklearn_data("images", name)) for name in ("china.jpg", "flower.jpg")]
+    images.append(grey(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    # a 256 x 256 MRI slice, 16-bit
+    with gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)) as f:
         mri = np.frombuffer(f.read(), np.uint16).reshape(256, 256).astype(np.float64)
     images.append(mri / mri.max())
     return tuple(images)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -147,7 +148,7 @@ def stability_bound(
     if Rt is None:
         Rt = residual(Vt, Wt, H)
     det_w, det_h = dets.unbind(0)
-    like = dict(dtype=Vt.dtype, device=Vt.device)
+    like: dict[str, Any] = dict(dtype=Vt.dtype, device=Vt.device)
     m = torch.as_tensor(Vt.shape[-1] if m is None else m, **like)
     n = torch.as_tensor(Vt.shape[-2] if n is None else n, **like)
     r = torch.as_tensor(Wt.shape[-2] if r is None else r, **like)
@@ -204,8 +205,8 @@ def draw(
         columns = keys.argsort(dim=-1)[:, :batch_size]
     noise_w = noise_h = None
     if noise_std > 0:
-        cols = n if columns is None else batch_size
-        kw = dict(generator=generator, dtype=dtype, device=device)
+        cols = n if columns is None or batch_size is None else batch_size
+        kw: dict[str, Any] = dict(generator=generator, dtype=dtype, device=device)
         noise_w = noise_std * torch.randn((steps, rank, m), **kw)
         noise_h = noise_std * torch.randn((steps, rank, cols), **kw)
     return Draws(columns, noise_w, noise_h)
@@ -297,6 +298,7 @@ def inner_step(
     lr_h = lr
     if cap_scale is not None:
         cap_h = _cap(WtW, cap_scale)
+        assert min_cap is not None  # set with the W block's cap
         min_cap = torch.minimum(min_cap, cap_h)
         lr_h = torch.minimum(lr, cap_h[..., None, None])
     H_new = torch.addcmul(H_b, lr_h, gH, value=-1.0).clamp_min_(0.0)

@@ -38,7 +38,8 @@ def env_options(env_id: str) -> list[str]:
     config = getattr(cls, "config_class", None)
     if config is not None:  # options live in a config dataclass
         return list(config.__dataclass_fields__)
-    return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "kwargs")]
+    assert callable(cls), f"{env_id} has no entry point"
+    return [p for p in inspect.signature(cls).parameters if p != "kwargs"]
 
 
 def make_env(env_id: str, **kwargs: Any) -> gym.Env:

@@ -72,7 +72,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"run_dir={str(run_dir)!r} is invalid: its config lacks env/agent/eval sections"
         )
-    return config
+    return {str(k): v for k, v in config.items()}
 
 
 def load_run_agent(run_dir: str | Path, name: str | None = None) -> Any:

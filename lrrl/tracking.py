@@ -103,7 +103,7 @@ class WandbTracker:
             tags=list(tags or []),
             name=name,
             dir=run_dir,
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # checked against WANDB_MODES above
             config=config,
             reinit="finish_previous",
         )

@@ -89,7 +89,7 @@ def _check_args(
 
 
 def _per_group(value: float | Sequence[float], n_groups: int, name: str) -> list[float]:
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Sequence):
         if len(value) != n_groups:
             raise ValueError(f"expected {n_groups} {name}s (one per param group), got {len(value)}")
         return [float(v) for v in value]
