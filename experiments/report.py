@@ -2,7 +2,9 @@
 
     python -m lrrl.train -m env=nmf seed=0,1,2,3,4,5,6,7,8,9 logger=none \\
         hydra/launcher=lrrl_joblib hydra.launcher.n_jobs=2 hydra.sweep.dir=multirun/nmf_default
-    python experiments/report.py multirun/nmf_default --label nmf --readme README.md
+    python -m lrrl.evaluate env=nmf schedulers=[] eval.headroom=true hydra.run.dir=outputs/headroom
+    python experiments/report.py multirun/nmf_default --shared outputs/headroom \
+        --label nmf --readme README.md
 
 Reads every run's ``episodes.csv`` (one row per scheduler x instance x episode seed) and
 ``metrics.json`` below the sweep dir. Every run of a sweep plays the same test episodes (the
@@ -15,9 +17,14 @@ paired with the baselines on identical instances and seeds. Statistics (``lrrl.s
   and over the runs on each (training seeds x episode seeds), and the stability figures (loss
   spikes per episode, mean ``|delta log lr|`` per decision, divergence rate);
 * per instance family, the agent's ratio to the best tuned heuristic, to ``follow_bound`` and
-  to the best unclipped schedule, and, when the runs carry hindsight references
-  (``eval.headroom=true``), how much the per-episode hindsight-best schedule beats the best
-  tuned heuristic and the share of that the agent captured.
+  to the best unclipped schedule, and, when the runs (or a ``--shared`` evaluation of the same
+  test episodes) carry hindsight references (``eval.headroom=true``), how much the per-episode
+  hindsight-best schedule beats the best tuned heuristic and the share of that the agent
+  captured.
+
+Schedulers that do not depend on the agent (baselines, hindsight references) are the same in
+every run of a sweep; ``--shared DIR`` adds such rows from an evaluation directory instead of
+recomputing them in every run.
 
 With ``--readme`` the tables replace the text between ``<!-- report:LABEL -->`` and
 ``<!-- /report:LABEL -->`` in that file, preceded by the command that produced them, so no
@@ -43,6 +50,14 @@ from lrrl import stats
 from lrrl.agents.baselines import BASELINES
 
 
+def read_shared(folder: Path) -> list[dict[str, str]]:
+    """The per-episode rows of an evaluation whose schedulers every run shares."""
+    path = folder / "episodes.csv"
+    if not path.is_file():
+        raise SystemExit(f"report: error: --shared {folder} has no episodes.csv")
+    return list(csv.DictReader(path.open()))
+
+
 def read_runs(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every finished run below ``sweep_dir``: its metrics and per-episode rows, by seed."""
     runs = []
@@ -63,7 +78,7 @@ def _score(row: dict[str, str]) -> float:
 class Sweep:
     """Per scheduler a ``(runs, instances)`` score matrix, rows = training seed x episode seed."""
 
-    def __init__(self, runs: list[dict[str, Any]]) -> None:
+    def __init__(self, runs: list[dict[str, Any]], shared: list[dict[str, str]] = ()) -> None:
         first = runs[0]["metrics"]
         self.subject: str = first["subject"]
         self.env_id: str = first["env_id"]
@@ -72,6 +87,9 @@ class Sweep:
         for k, run in enumerate(runs):
             for row in run["rows"]:
                 by[row["scheduler"]][(k, row["instance"], int(row["seed"]))] = row
+        for row in shared:  # the same in every run: recorded once, as run 0's
+            if row["scheduler"] not in by:
+                by[row["scheduler"]][(0, row["instance"], int(row["seed"]))] = row
         self.names = list(by)
         keys = sorted(by[self.subject])
         self.instances = sorted({inst for _, inst, _ in keys})
@@ -222,13 +240,20 @@ def replace_section(path: Path, label: str, text: str) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument(
+        "--shared",
+        type=Path,
+        action="append",
+        default=[],
+        help="an evaluation dir of the same test episodes whose schedulers every run shares",
+    )
     parser.add_argument("--label", default="results", help="README section label")
     parser.add_argument("--readme", type=Path, help="replace this label's section in the file")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--samples", type=int, default=2000, help="bootstrap samples")
     args = parser.parse_args(argv)
     runs = read_runs(args.sweep_dir)
-    sweep = Sweep(runs)
+    sweep = Sweep(runs, [row for folder in args.shared for row in read_shared(folder)])
     schedulers, sched_data = scheduler_table(sweep, args.samples)
     families, fam_data = family_table(sweep, args.samples)
     n_inst = len(sweep.instances)
