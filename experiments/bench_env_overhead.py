@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,6 +107,11 @@ def shared_floor(m: int, n: int, r: int, batch: int | None) -> float:
 
 
 def main() -> None:
+    with threadpool_limits(1):  # numpy's BLAS single-threaded, like torch below
+        _main()
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and rounds")
@@ -127,59 +133,64 @@ def main() -> None:
     )
     for m, n, r in SIZES:
         for name, (batch, noise) in VARIANTS.items():
-            options = dict(
-                families=("base",),
-                shape=(m, n),
-                rank=r,
-                batch_size=batch,
-                noise_std=noise,
-                horizon=10_000,
-                n_train=1,
-                device=args.device,
+            numpy_s, env_s, torch_s, batched_s = measure(
+                (m, n, r), batch, noise, args.device, args.batch, repeats, rounds, sync
             )
-            env = NMFEnv(**options)  # type: ignore[arg-type]
-            env.reset(seed=0)
-            lr = 0.5 * env.clip
-            action = env.action_for_lr(lr)
-            batched = BatchedNMFEnv(args.batch, **options)  # type: ignore[arg-type]
-            batched.reset(seed=0)
-            actions = np.repeat(action[None], args.batch, axis=0)
-            V, W0, H0 = (x.astype(np.float32) for x in (env.V, env.W, env.H))
-            rng = np.random.default_rng(0)
-
-            def numpy_run() -> float:
-                W, H = W0.copy(), H0.copy()
-                return per_call(
-                    lambda: numpy_decision(rng, V, W, H, lr, batch, noise), repeats, lambda: None
-                )
-
-            def torch_run() -> float:
-                # The env's decision without the env: the batched episodes' own step at B=1.
-                episodes = env._episodes
-                requested = np.array([lr])
-                return per_call(
-                    lambda: episodes._decide(np.array([0]), requested, requested * 2, None),
-                    repeats,
-                    sync,
-                )
-
-            with threadpool_limits(1):
-                numpy_s = env_s = torch_s = batched_s = math.inf
-                for _ in range(rounds):
-                    numpy_s = min(numpy_s, numpy_run())
-                    env_s = min(env_s, per_call(lambda: env.step(action), repeats, sync))
-                    torch_s = min(torch_s, torch_run())
-                    batched_s = min(
-                        batched_s,
-                        per_call(lambda: batched.step(actions), max(3, repeats // 5), sync)
-                        / args.batch,
-                    )
-                shared_s = shared_floor(m, n, r, batch)
+            shared_s = shared_floor(m, n, r, batch)
             print(
                 f"{f'{m}x{n}, {r}':>14} {name:>21} {numpy_s * 1e3:9.3f} {env_s * 1e3:8.3f}"
                 f" {env_s / numpy_s:6.2f}x {torch_s / numpy_s:8.2f}x"
                 f" {batched_s / numpy_s:9.2f}x {shared_s * 1e3:10.3f}"
             )
+
+
+def measure(
+    size: tuple[int, int, int],
+    batch: int | None,
+    noise: float,
+    device: str,
+    B: int,
+    repeats: int,
+    rounds: int,
+    sync: Callable[[], None],
+) -> tuple[float, float, float, float]:
+    """Seconds per decision: numpy floor, env step, torch floor, batched env per episode."""
+    m, n, r = size
+    options: dict[str, Any] = dict(
+        families=("base",),
+        shape=(m, n),
+        rank=r,
+        batch_size=batch,
+        noise_std=noise,
+        horizon=10_000,
+        n_train=1,
+        device=device,
+    )
+    env = NMFEnv(**options)
+    env.reset(seed=0)
+    lr = 0.5 * env.clip
+    action = env.action_for_lr(lr)
+    batched = BatchedNMFEnv(B, **options)
+    batched.reset(seed=0)
+    actions = np.repeat(action[None], B, axis=0)
+    V, W, H = (x.astype(np.float32) for x in (env.V, env.W, env.H))
+    rng = np.random.default_rng(0)
+    episodes, requested = env._episodes, np.array([lr])
+    best = [math.inf] * 4
+    for _ in range(rounds):
+        times = (
+            per_call(lambda: numpy_decision(rng, V, W, H, lr, batch, noise), repeats, sync),
+            per_call(lambda: env.step(action), repeats, sync),
+            # the env's decision without the env: the episodes' own inner steps and bound
+            per_call(
+                lambda: episodes._decide(np.array([0]), requested, 2 * requested, None),
+                repeats,
+                sync,
+            ),
+            per_call(lambda: batched.step(actions), max(3, repeats // 5), sync) / B,
+        )
+        best = [min(a, b) for a, b in zip(best, times, strict=True)]
+    return best[0], best[1], best[2], best[3]
 
 
 if __name__ == "__main__":
