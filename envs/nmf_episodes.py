@@ -252,16 +252,36 @@ class NMFEpisodes:
             setattr(self, name, new)
 
     def _groups(self, idx: np.ndarray) -> list[np.ndarray]:
-        """``idx`` split into full-gradient episodes and minibatch sizes within a factor of
-        four (sizes 2-4, 5-16, 17-64, ...): each group runs as one set of batched ops."""
+        """``idx`` split into groups that run as one set of batched ops each.
+
+        A group is padded to its largest episode, so episodes share a group only when that
+        costs little: the same kind of gradient (full, or minibatch sizes within a factor of
+        four: 2-4, 5-16, 17-64, ...) and ``m``, ``n`` and ``r`` each within a factor of two.
+        Without the size buckets a mixed suite (the default test split) pads every episode to
+        its largest matrix and rank, ten times the arithmetic of its median instance.
+        """
         if idx.size == 0:
             return []
         sizes = self.batch[idx]
-        # 0 for full gradients, else the power-of-four bucket of the minibatch size.
-        keys = np.where(sizes > 0, np.ceil(np.log(np.maximum(sizes, 1)) / np.log(4.0)) + 1, 0)
+
+        def bucket(x: np.ndarray, base: float) -> np.ndarray:
+            return np.ceil(np.log(np.maximum(x, 1)) / np.log(base)).astype(np.int64)
+
+        # 0 for full gradients, else 1 + the power-of-four bucket of the minibatch size.
+        keys = np.stack(
+            [
+                np.where(sizes > 0, bucket(sizes, 4.0) + 1, 0),
+                bucket(self.m[idx], 2.0),
+                bucket(self.n[idx], 2.0),
+                bucket(self.r[idx], 2.0),
+            ],
+            axis=1,
+        )
         if (keys == keys[0]).all():
             return [idx]
-        return [idx[keys == k] for k in np.unique(keys)]
+        _, which = np.unique(keys, axis=0, return_inverse=True)
+        which = which.reshape(-1)
+        return [idx[which == k] for k in range(int(which.max()) + 1)]
 
     def _crop(self, group: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The group's factors, cropped to its largest shape (views when nothing is cut).
