@@ -550,6 +550,11 @@ class DNNHistory:
     train_deltas: list[float] = field(default_factory=list)
     val_deltas: list[float] = field(default_factory=list)
     lr_prev: float = math.nan
+    #: The latest measurements (the starting ones until a decision is recorded).
+    train_loss: float = field(init=False)
+    val_loss: float = field(init=False)
+    grad_norm: float = field(init=False)
+    accuracy: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.train_loss, self.val_loss = self.train_loss0, self.val_loss0
