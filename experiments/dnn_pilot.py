@@ -4,7 +4,9 @@
 instance of its tuning split. On a suite that mixes SGD and Adam no single rate suits both
 (SGD trains best near 0.1, Adam near 0.01), so that baseline is handicapped, and beating it
 says little. Here each baseline family is tuned separately for each inner optimizer, on the
-run's training instances (a grid over the optimizer's action range), and then played on the
+run's training instances (a log grid over the optimizer's default action range, the same
+whatever the agent's range, so runs with different ranges meet the same baselines), and then
+played on the
 test and held-out instances of that optimizer, with the same episode seeds as the agent.
 
     python experiments/dnn_pilot.py outputs/dnn__ppo__0__...            # test and heldout
@@ -31,11 +33,12 @@ import torch
 import lrrl  # noqa: F401  (registers the environments)
 from lrrl.agents.baselines import Constant, Cosine, ScheduleController
 from lrrl.agents.sb3 import AgentController, load_agent
+from lrrl.envs.dnn_models import DEFAULT_LR_RANGES
 from lrrl.harness import Episode, episode_seeds, make_env, run_tasks, split_env_config, tune_grid
 from lrrl.schedulers.policy import load_run
 from lrrl.stats import bootstrap_ci
 
-#: Grid points per optimizer: log-spaced over the env's action range for that optimizer.
+#: Grid points per optimizer: log-spaced over its default action range.
 GRID_POINTS = 9
 MIN_RATIOS = (0.0, 0.1)
 
@@ -89,7 +92,12 @@ def main() -> None:
         runs = episode_seeds(train, 1, seed + 2)
         for family in ("constant", "cosine"):
             best = tune_grid(
-                env_id, kwargs, family, candidates(family, *u.lr_ranges[opt]), runs, args.n_jobs
+                env_id,
+                kwargs,
+                family,
+                candidates(family, *DEFAULT_LR_RANGES[opt]),
+                runs,
+                args.n_jobs,
             )
             tuned[family][opt] = best.controller
             params[family][opt] = {**best.controller.params, "train_score": best.train_score}
