@@ -1,14 +1,16 @@
 """Baseline learning-rate schedules that act in any lrrl environment.
 
-A schedule maps the decision index ``t`` (of ``horizon``) and the env's last ``info`` to a
-learning rate; :class:`ScheduleController` turns that into the env's action through
-``env.action_for_lr``, so the env's clipping to its stability bound applies to baselines
-exactly as to agents. Schedules that react to the loss (ReduceLROnPlateau, GreedyLR) keep
-state per episode: their :meth:`start` returns a fresh stateful callable, which steps a real
-PyTorch scheduler on ``info["loss"]`` after every decision.
+A schedule maps the decision index ``t`` (of ``horizon``) to a learning rate, elementwise over
+numpy arrays, so one schedule drives a whole batch of episodes; :class:`ScheduleController`
+requests that learning rate exactly from the env (``request_lr``), whose clip to its stability
+bound then applies to baselines exactly as to agents. Schedules that react to the loss
+(ReduceLROnPlateau, GreedyLR) keep state per episode: one real PyTorch scheduler on a
+one-parameter optimizer per episode, stepped on the env's loss after every decision or, at
+``cadence="step"``, on the training loss of every inner optimizer step (GreedyLR's natural
+cadence).
 
-Each schedule family comes with a small default tuning grid (:func:`default_grid`) and a
-search space for model-based tuning (:func:`search_space`).
+Each named baseline (:data:`BASELINES`) is a schedule family with a default tuning grid and a
+search space over every one of its hyperparameters (:func:`default_grid`, :func:`search_space`).
 """
 
 from __future__ import annotations
@@ -17,19 +19,13 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
+from lrrl.rollout import Decision, DecisionState
 
-class Controller(Protocol):
-    """Anything that picks actions in an lrrl env: a baseline schedule or a trained agent."""
-
-    name: str
-
-    def reset(self, env: Any, info: dict[str, Any]) -> None: ...
-
-    def act(self, obs: np.ndarray, info: dict[str, Any], env: Any) -> np.ndarray: ...
+CADENCES = ("decision", "step")
 
 
 @dataclass(frozen=True)
@@ -39,8 +35,8 @@ class Constant:
     lr: float
     kind: ClassVar[str] = "constant"
 
-    def __call__(self, t: int, horizon: int, info: dict[str, Any]) -> float:
-        return self.lr
+    def __call__(self, t: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+        return np.full(np.shape(t), self.lr, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -52,9 +48,9 @@ class StepDecay:
     step_fraction: float = 0.33
     kind: ClassVar[str] = "step_decay"
 
-    def __call__(self, t: int, horizon: int, info: dict[str, Any]) -> float:
-        every = max(1, round(self.step_fraction * horizon))
-        return self.lr * self.gamma ** (t // every)
+    def __call__(self, t: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+        every = np.maximum(1, np.round(self.step_fraction * np.asarray(horizon)))
+        return self.lr * self.gamma ** (np.asarray(t) // every)
 
 
 @dataclass(frozen=True)
@@ -65,8 +61,8 @@ class Exponential:
     final_ratio: float = 0.01
     kind: ClassVar[str] = "exponential"
 
-    def __call__(self, t: int, horizon: int, info: dict[str, Any]) -> float:
-        return self.lr * self.final_ratio ** (t / horizon)
+    def __call__(self, t: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+        return self.lr * self.final_ratio ** (np.asarray(t) / np.asarray(horizon))
 
 
 @dataclass(frozen=True)
@@ -77,9 +73,10 @@ class Cosine:
     min_ratio: float = 0.0
     kind: ClassVar[str] = "cosine"
 
-    def __call__(self, t: int, horizon: int, info: dict[str, Any]) -> float:
+    def __call__(self, t: np.ndarray, horizon: np.ndarray) -> np.ndarray:
         low = self.min_ratio * self.lr
-        return low + 0.5 * (self.lr - low) * (1.0 + math.cos(math.pi * t / horizon))
+        progress = np.asarray(t) / np.asarray(horizon)
+        return low + 0.5 * (self.lr - low) * (1.0 + np.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)
@@ -90,8 +87,8 @@ class Linear:
     final_ratio: float = 0.0
     kind: ClassVar[str] = "linear"
 
-    def __call__(self, t: int, horizon: int, info: dict[str, Any]) -> float:
-        return self.lr * (1.0 - (1.0 - self.final_ratio) * t / horizon)
+    def __call__(self, t: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+        return self.lr * (1.0 - (1.0 - self.final_ratio) * np.asarray(t) / np.asarray(horizon))
 
 
 @dataclass(frozen=True)
@@ -109,15 +106,15 @@ class WarmupStableDecay:
     final_ratio: float = 0.0
     kind: ClassVar[str] = "wsd"
 
-    def __call__(self, t: int, horizon: int, info: dict[str, Any]) -> float:
-        warmup = round(self.warmup_fraction * horizon)
-        decay = max(1, round(self.decay_fraction * horizon))
-        if t < warmup:
-            return self.lr * (t + 1) / warmup
+    def __call__(self, t: np.ndarray, horizon: np.ndarray) -> np.ndarray:
+        t, horizon = np.asarray(t, dtype=np.float64), np.asarray(horizon, dtype=np.float64)
+        warmup = np.round(self.warmup_fraction * horizon)
+        decay = np.maximum(1, np.round(self.decay_fraction * horizon))
         start = horizon - decay
-        if t < start:
-            return self.lr
-        return self.lr * (1.0 - (1.0 - self.final_ratio) * (t - start) / decay)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rising = self.lr * (t + 1) / warmup
+        falling = self.lr * (1.0 - (1.0 - self.final_ratio) * (t - start) / decay)
+        return np.where(t < warmup, rising, np.where(t < start, self.lr, falling))
 
 
 class _TorchRunner:
@@ -129,9 +126,11 @@ class _TorchRunner:
         self.optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
         self.scheduler = factory(self.optimizer)
 
-    def __call__(self, t: int, horizon: int, info: dict[str, Any]) -> float:
-        if t > 0:  # the loss after the previous decision; the reset loss saw no lr of ours
-            self.scheduler.step(float(info["loss"]))
+    def step(self, metric: float) -> None:
+        self.scheduler.step(metric)
+
+    @property
+    def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
 
@@ -146,6 +145,7 @@ class ReduceOnPlateau:
     cooldown: int = 0
     min_ratio: float = 1e-4
     kind: ClassVar[str] = "plateau"
+    cadence: ClassVar[str] = "decision"
 
     def start(self) -> _TorchRunner:
         from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -164,19 +164,15 @@ class ReduceOnPlateau:
         )
 
 
-def greedylr_class() -> type:
-    """:class:`lrrl.schedulers.GreedyLR` (imported late: it pulls in the scheduler module)."""
-    from lrrl.schedulers import GreedyLR
-
-    return GreedyLR
-
-
 @dataclass(frozen=True)
 class GreedyLRSchedule:
-    """GreedyLR stepped on the loss after each decision; ``None`` keeps the scheduler default.
+    """GreedyLR on the loss; ``None`` keeps the scheduler's default for that argument.
 
-    ``factory(optimizer, **kwargs)`` builds the scheduler (a picklable callable, so parallel
-    evaluation works); by default the class from :func:`greedylr_class`.
+    ``cadence="decision"`` steps it on the env's loss after each decision (how transformers'
+    ``Trainer`` steps it, once per evaluation); ``cadence="step"`` on the training loss of
+    every inner optimizer step (its authors' use). ``factory(optimizer, **kwargs)`` builds the
+    scheduler (a picklable callable, so parallel evaluation works); by default
+    :class:`lrrl.schedulers.GreedyLR`.
     """
 
     lr: float
@@ -190,18 +186,25 @@ class GreedyLRSchedule:
     max_lr: float | None = None
     smooth: bool | None = None
     window_size: int | None = None
+    cadence: str = "decision"
     factory: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     kind: ClassVar[str] = "greedylr"
+
+    def __post_init__(self) -> None:
+        if self.cadence not in CADENCES:
+            raise ValueError(f"cadence={self.cadence!r} is invalid: expected one of {CADENCES}")
 
     def scheduler_kwargs(self) -> dict[str, Any]:
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("lr", "factory") and getattr(self, f.name) is not None
+            if f.name not in ("lr", "factory", "cadence") and getattr(self, f.name) is not None
         }
 
     def start(self) -> _TorchRunner:
-        factory = self.factory or greedylr_class()
+        from lrrl.schedulers import GreedyLR
+
+        factory = self.factory or GreedyLR
         kwargs = self.scheduler_kwargs()
         return _TorchRunner(self.lr, lambda opt: factory(opt, **kwargs))
 
@@ -212,9 +215,6 @@ class FollowBound:
 
     fraction: float = 1.0
     kind: ClassVar[str] = "follow_bound"
-
-    def __call__(self, t: int, horizon: int, info: dict[str, Any]) -> float:
-        return math.inf  # resolved against the env's clip by the controller
 
 
 SCHEDULES: dict[str, type] = {
@@ -233,27 +233,28 @@ SCHEDULES: dict[str, type] = {
 }
 
 
-def unavailable(kind: str, env: Any | None) -> str | None:
-    """Why baseline ``kind`` cannot run (in ``env``, when given), or ``None`` if it can."""
-    if kind == "follow_bound" and env is not None:
+def unavailable(name: str, env: Any | None) -> str | None:
+    """Why baseline ``name`` cannot run (in ``env``, when given), or ``None`` if it can."""
+    if BASELINES[name].kind == "follow_bound" and env is not None:
         clip = getattr(env.unwrapped, "clip", math.inf)
         if not math.isfinite(clip):
-            return "follow_bound skipped: the env has no stability bound (its clip is inf)"
+            return f"{name} skipped: the env has no stability bound (its clip is inf)"
     return None
 
 
 class ScheduleController:
-    """Plays a schedule in an env: each decision requests the schedule's learning rate exactly.
+    """Plays a schedule in a batch of episodes, requesting its learning rate exactly.
 
-    The request bypasses the agent's action mapping (see ``LRControlEnv.request_lr``), so the
-    baseline can use any learning rate; the env's clipping to its bound still applies.
+    The request bypasses the agent's action mapping (see ``LRControlEnv.request_lr``), so a
+    baseline can use any learning rate; the env's clip still applies. A schedule whose lr is
+    ``inf`` asks for "as high as allowed": the clip.
     """
 
     def __init__(self, name: str, schedule: Any) -> None:
         self.name = name
         self.schedule = schedule
-        self._t = 0
-        self._fn: Callable[[int, int, dict[str, Any]], float] = schedule
+        self.stepwise = getattr(schedule, "cadence", "decision") == "step"
+        self._runners: list[_TorchRunner] = []
 
     @property
     def params(self) -> dict[str, Any]:
@@ -264,106 +265,161 @@ class ScheduleController:
         }
         return {"kind": self.schedule.kind, **values}
 
-    def reset(self, env: Any, info: dict[str, Any]) -> None:
-        self._t = 0
+    def reset(self, n: int) -> None:
         start = getattr(self.schedule, "start", None)
-        self._fn = start() if start is not None else self.schedule
+        self._runners = [start() for _ in range(n)] if start is not None else []
 
-    def act(self, obs: np.ndarray, info: dict[str, Any], env: Any) -> np.ndarray:
-        unwrapped = env.unwrapped
-        lr = self._fn(self._t, unwrapped.horizon, info)
-        if isinstance(self.schedule, FollowBound):
-            lr = self.schedule.fraction * unwrapped.clip
-        self._t += 1
-        if math.isinf(lr):  # "as high as allowed": the clip
-            lr = (
-                unwrapped.clip
-                if math.isfinite(unwrapped.clip)
-                else unwrapped.lr_for_action(np.ones(1))
-            )
-        unwrapped.request_lr(lr)
-        return unwrapped.action_for_lr(lr)
+    def act(self, obs: np.ndarray, state: DecisionState) -> Decision:
+        schedule = self.schedule
+        if isinstance(schedule, FollowBound):
+            lr = schedule.fraction * state.clip
+        elif self._runners:
+            if not self.stepwise:  # the loss after the previous decision (none before t = 0)
+                for i in np.flatnonzero(state.t > 0):
+                    self._runners[i].step(float(state.loss[i]))
+            lr = np.array([runner.lr for runner in self._runners])
+        else:
+            lr = schedule(state.t, state.horizon)
+        lr = np.where(np.isinf(lr), state.clip, lr)
+        return Decision(lr=np.asarray(lr, dtype=np.float64))
+
+    def inner(self, k: int, rows: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        """Step the rows' schedulers on an inner step's training losses; their next lrs."""
+        out = np.empty(rows.size)
+        for j, (i, loss) in enumerate(zip(rows, losses, strict=True)):
+            runner = self._runners[i]
+            runner.step(float(loss))
+            out[j] = runner.lr
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
-        # The per-episode runner holds a torch optimizer; it is rebuilt on reset anyway.
-        return {"name": self.name, "schedule": self.schedule, "_t": 0, "_fn": self.schedule}
+        # The runners hold torch optimizers; they are rebuilt by ``reset`` anyway.
+        return {"name": self.name, "schedule": self.schedule, "stepwise": self.stepwise}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["name"], state["schedule"])  # type: ignore[misc]
 
 
-#: Per-family default grids over everything but the learning rate.
-GRIDS: dict[str, dict[str, list[Any]]] = {
-    "constant": {},
-    "step_decay": {"gamma": [0.1, 0.3, 0.5], "step_fraction": [0.25, 0.33, 0.5]},
-    "exponential": {"final_ratio": [0.001, 0.01, 0.1]},
-    "cosine": {"min_ratio": [0.0, 0.1]},
-    "linear": {"final_ratio": [0.0, 0.1]},
-    "wsd": {"warmup_fraction": [0.0, 0.1], "decay_fraction": [0.1, 0.3]},
-    "plateau": {"factor": [0.3, 0.5], "patience": [1, 3]},
-    "greedylr": {},  # the scheduler's defaults; only the starting lr is tuned
-    "follow_bound": {"fraction": [0.25, 0.5, 0.75, 1.0]},
+@dataclass(frozen=True)
+class Baseline:
+    """A named baseline: a schedule kind, fixed options, a tuning grid and a search space.
+
+    Grid and space cover every option but ``lr`` (which spans the learning-rate grid);
+    search spaces hold ``(low, high, log)`` floats, ``(low, high)`` ints or lists of choices.
+    """
+
+    kind: str
+    grid: dict[str, list[Any]]
+    space: dict[str, Any]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    tunes_lr: bool = True
+
+
+BASELINES: dict[str, Baseline] = {
+    "constant": Baseline("constant", {}, {}),
+    "step_decay": Baseline(
+        "step_decay",
+        {"gamma": [0.1, 0.3, 0.5], "step_fraction": [0.25, 0.33, 0.5]},
+        {"gamma": (0.05, 0.9, True), "step_fraction": (0.1, 0.6, False)},
+    ),
+    "exponential": Baseline(
+        "exponential", {"final_ratio": [0.001, 0.01, 0.1]}, {"final_ratio": (1e-4, 0.5, True)}
+    ),
+    "cosine": Baseline("cosine", {"min_ratio": [0.0, 0.1]}, {"min_ratio": (0.0, 0.3, False)}),
+    "linear": Baseline("linear", {"final_ratio": [0.0, 0.1]}, {"final_ratio": (0.0, 0.3, False)}),
+    "wsd": Baseline(
+        "wsd",
+        {"warmup_fraction": [0.0, 0.1], "decay_fraction": [0.1, 0.3]},
+        {"warmup_fraction": (0.0, 0.2, False), "decay_fraction": (0.05, 0.5, False)},
+    ),
+    "plateau": Baseline(
+        "plateau",
+        {"factor": [0.3, 0.5], "patience": [1, 3]},
+        {"factor": (0.1, 0.9, False), "patience": (0, 5)},
+    ),
+    # GreedyLR at its natural cadence, every option tuned like the other families'.
+    "greedylr": Baseline(
+        "greedylr",
+        {
+            "factor": [0.5, 0.8, 0.95],
+            "patience": [2, 10, 50],
+            "smooth": [False, True],
+            "window_size": [10, 50],
+            "min_lr": [1e-6],
+            "max_lr": [10.0],
+        },
+        {
+            "factor": (0.3, 0.99, False),
+            "patience": (0, 100),
+            "smooth": [False, True],
+            "window_size": (2, 100),
+            "min_lr": (1e-7, 1e-3, True),
+            "max_lr": (0.1, 100.0, True),
+        },
+        fixed={"cadence": "step"},
+    ),
+    # GreedyLR with its defaults, stepped once per decision; only the starting lr is tuned.
+    "greedylr_default": Baseline("greedylr", {}, {}, fixed={"cadence": "decision"}),
+    "follow_bound": Baseline(
+        "follow_bound",
+        {"fraction": [0.25, 0.5, 0.75, 1.0]},
+        {"fraction": (0.1, 1.0, False)},
+        tunes_lr=False,
+    ),
 }
 
-#: Search spaces for model-based tuning: ``(low, high, log)`` floats, ``(low, high)`` ints
-#: (both as tuples) or a list of choices. ``lr`` is added from the learning-rate grid's range.
-SPACES: dict[str, dict[str, Any]] = {
-    "constant": {},
-    "step_decay": {"gamma": (0.05, 0.9, True), "step_fraction": (0.1, 0.6, False)},
-    "exponential": {"final_ratio": (1e-4, 0.5, True)},
-    "cosine": {"min_ratio": (0.0, 0.3, False)},
-    "linear": {"final_ratio": (0.0, 0.3, False)},
-    "wsd": {
-        "warmup_fraction": (0.0, 0.2, False),
-        "decay_fraction": (0.05, 0.5, False),
-    },
-    "plateau": {"factor": (0.1, 0.9, False), "patience": (0, 5)},
-    "greedylr": {},  # as in the grid: the scheduler's defaults, only the starting lr tuned
-    "follow_bound": {"fraction": (0.1, 1.0, False)},
-}
+
+def _baseline(name: str) -> Baseline:
+    if name not in BASELINES:
+        raise ValueError(f"baseline={name!r} is invalid: expected one of {sorted(BASELINES)}")
+    return BASELINES[name]
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in SCHEDULES:
-        raise ValueError(f"baseline={kind!r} is invalid: expected one of {sorted(SCHEDULES)}")
-
-
-def _check_keys(kind: str, keys: list[str]) -> None:
-    accepted = {f.name for f in fields(SCHEDULES[kind])}
+def _check_keys(name: str, keys: list[str]) -> None:
+    accepted = {f.name for f in fields(SCHEDULES[BASELINES[name].kind])} - {"factory"}
     unknown = set(keys) - accepted
     if unknown:
         raise ValueError(
-            f"unknown option(s) {sorted(unknown)} for baseline {kind!r}; accepted: {sorted(accepted)}"
+            f"unknown option(s) {sorted(unknown)} for baseline {name!r}; accepted: {sorted(accepted)}"
         )
 
 
-def default_grid(
-    kind: str, lrs: list[float], options: dict[str, list[Any]] | None = None
-) -> list[Any]:
-    """Candidate schedules of one family: ``lrs`` crossed with the family's other options.
+def make_schedule(name: str, **params: Any) -> Any:
+    """The schedule of baseline ``name`` with ``params`` (and the baseline's fixed options)."""
+    base = _baseline(name)
+    return SCHEDULES[base.kind](**{**params, **base.fixed})
 
-    ``options`` overrides the per-family defaults, e.g. ``{"gamma": [0.1, 0.5]}``.
+
+def default_grid(
+    name: str, lrs: list[float], options: dict[str, list[Any]] | None = None
+) -> list[Any]:
+    """Candidate schedules of one baseline: ``lrs`` crossed with its other options' grids.
+
+    ``options`` overrides the baseline's default grid, e.g. ``{"gamma": [0.1, 0.5]}``.
     """
-    _check_kind(kind)
-    grid = {**GRIDS[kind], **(options or {})}
-    if kind != "follow_bound" and "lr" not in grid:
+    base = _baseline(name)
+    grid = {**base.grid, **(options or {})}
+    if base.tunes_lr and "lr" not in grid:
         grid = {"lr": list(lrs), **grid}
     keys = list(grid)
-    _check_keys(kind, keys)
+    _check_keys(name, keys)
     for key, values in grid.items():
         if not isinstance(values, (list, tuple)) or not values:
-            raise ValueError(f"option {key!r} of baseline {kind!r} needs a non-empty list")
+            raise ValueError(f"option {key!r} of baseline {name!r} needs a non-empty list")
     return [
-        SCHEDULES[kind](**dict(zip(keys, values, strict=True)))
+        make_schedule(name, **dict(zip(keys, values, strict=True)))
         for values in itertools.product(*grid.values())
     ]
 
 
 def search_space(
-    kind: str, lrs: list[float], options: dict[str, Any] | None = None
+    name: str, lrs: list[float], options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The tuning space of one family (see :data:`SPACES`), ``lr`` spanning ``lrs``."""
-    _check_kind(kind)
-    space = dict(SPACES[kind])
-    if kind != "follow_bound":
+    """The tuning space of one baseline, ``lr`` spanning ``lrs``."""
+    base = _baseline(name)
+    space = dict(base.space)
+    if base.tunes_lr:
         space = {"lr": (float(min(lrs)), float(max(lrs)), True), **space}
     space.update(options or {})
-    _check_keys(kind, list(space))
+    _check_keys(name, list(space))
     return space

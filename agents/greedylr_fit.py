@@ -379,4 +379,6 @@ def greedylr_controller(name: str, params: dict[str, Any], initial_lr: float) ->
     :class:`lrrl.schedulers.GreedyLR` on a one-parameter optimizer, so what is measured here is
     what a user gets from the drop-in scheduler.
     """
-    return ScheduleController(name, GreedyLRSchedule(lr=float(initial_lr), **params))
+    return ScheduleController(
+        name, GreedyLRSchedule(lr=float(initial_lr), cadence="decision", **params)
+    )

@@ -12,6 +12,8 @@ from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from lrrl.rollout import Decision, DecisionState
+
 
 def _recurrent_ppo() -> type[BaseAlgorithm]:
     try:
@@ -88,11 +90,12 @@ def algo_name(model: BaseAlgorithm) -> str:
 
 
 class AgentController:
-    """Plays a trained agent in an env: the mean action (deterministic) by default.
+    """Plays a trained agent in a batch of episodes: one batched ``predict`` per decision.
 
-    Recurrent policies (``recurrent_ppo``) get their hidden state carried from one decision
-    to the next and reset at each episode start. The controller pickles (for parallel
-    evaluation) by saving the model to bytes, without the training env.
+    The mean action (deterministic) by default. Recurrent policies (``recurrent_ppo``) get
+    their hidden state carried from one decision to the next and reset at each episode start.
+    The controller pickles (for parallel evaluation) by saving the model to bytes, without the
+    training env.
     """
 
     def __init__(self, name: str, model: BaseAlgorithm, deterministic: bool = True) -> None:
@@ -106,20 +109,18 @@ class AgentController:
             "deterministic": deterministic,
         }
         self._state: Any = None
-        self._start = True
 
-    def reset(self, env: Any, info: dict[str, Any]) -> None:
-        self._state, self._start = None, True
+    def reset(self, n: int) -> None:
+        self._state = None
 
-    def act(self, obs: np.ndarray, info: dict[str, Any], env: Any) -> np.ndarray:
+    def act(self, obs: np.ndarray, state: DecisionState) -> Decision:
         action, self._state = self.model.predict(
             obs,
             state=self._state,
-            episode_start=np.array([self._start]),
+            episode_start=np.asarray(state.t == 0),
             deterministic=self.deterministic,
         )
-        self._start = False
-        return action
+        return Decision(action=np.asarray(action, dtype=np.float32).reshape(len(obs), -1))
 
     def __getstate__(self) -> dict[str, Any]:
         buffer = io.BytesIO()

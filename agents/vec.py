@@ -23,16 +23,16 @@ import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
 
+from lrrl.config import VEC_ENVS
 from lrrl.envs.nmf_batched import BatchedNMFEnv
+from lrrl.envs.registration import make_env
 
-VEC_ENVS = ("auto", "dummy", "subproc", "batched")
 #: Env ids with a batched implementation.
 BATCHED_ENV_IDS = ("lrrl/NMF-v0",)
 
 
-def check_vec_env(kind: Any, env_id: str, env_kwargs: dict[str, Any] | None = None) -> None:
-    """Raise a one-line ``ValueError`` when ``kind`` is unknown or unsupported for ``env_id``
-    (and, given ``env_kwargs``, when the batched env rejects them)."""
+def check_vec_env(kind: Any, env_id: str) -> None:
+    """Raise a one-line ``ValueError`` when ``kind`` is unknown or unsupported for ``env_id``."""
     if kind not in VEC_ENVS:
         raise ValueError(f"agent.vec_env={kind!r} is invalid: expected one of {VEC_ENVS}")
     if kind == "batched" and env_id not in BATCHED_ENV_IDS:
@@ -40,22 +40,14 @@ def check_vec_env(kind: Any, env_id: str, env_kwargs: dict[str, Any] | None = No
             f"agent.vec_env='batched' is invalid for env {env_id!r}: only {BATCHED_ENV_IDS} "
             "have a batched implementation; use 'dummy' or 'subproc'"
         )
-    if kind == "batched" and env_kwargs is not None:
-        BatchedNMFEnv(num_envs=1, **env_kwargs).close()
 
 
-def resolve_vec_env(kind: str, env_id: str, env_kwargs: dict[str, Any]) -> str:
+def resolve_vec_env(kind: str, env_id: str) -> str:
     """``kind`` with ``auto`` replaced by ``batched`` where the env has a batched
-    implementation that takes these options, else by ``dummy``."""
+    implementation, else by ``dummy``."""
     if kind != "auto":
         return kind
-    if env_id not in BATCHED_ENV_IDS:
-        return "dummy"
-    try:
-        check_vec_env("batched", env_id, env_kwargs)
-    except ValueError:
-        return "dummy"
-    return "batched"
+    return "batched" if env_id in BATCHED_ENV_IDS else "dummy"
 
 
 def make_training_vec_env(
@@ -64,10 +56,8 @@ def make_training_vec_env(
     """The SB3 ``VecEnv`` a training run learns on, sub-env ``i`` seeded with ``seed + i``."""
     from stable_baselines3.common.env_util import make_vec_env
 
-    from lrrl.harness import make_env
-
     check_vec_env(kind, env_id)
-    kind = resolve_vec_env(kind, env_id, env_kwargs)
+    kind = resolve_vec_env(kind, env_id)
     if kind == "batched":
         venv: VecEnv = BatchedVecEnv(
             BatchedNMFEnv(num_envs=n_envs, autoreset_mode="SameStep", **env_kwargs)
@@ -95,8 +85,6 @@ class _SingleThreaded:
 
     def __call__(self) -> gym.Env:
         import torch
-
-        from lrrl.harness import make_env
 
         torch.set_num_threads(1)
         return make_env(self.env_id, **self.env_kwargs)

@@ -1,1 +1,43 @@
-"""Hydra configuration tree of lrrl (a package so that configs install with it)."""
+"""Hydra configuration tree of lrrl (a package so that configs install with it).
+
+Importing it registers, in Hydra's ConfigStore, the defaults of every typed config under
+``schema/``: ``schema/env/nmf`` (:class:`lrrl.envs.nmf.NMFConfig`), ``schema/eval``
+(:class:`lrrl.config.EvalConfig`) and ``schema/agent`` (:class:`lrrl.config.AgentConfig`).
+The YAML files extend them (``defaults: [/schema/...]``) and hold only what differs, so each
+default lives once, in its dataclass; ``python -m lrrl.train --cfg job`` prints them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """A config dataclass's field defaults as plain values (tuples as lists)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def register() -> None:
+    """Store the typed configs' defaults under ``schema/`` (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    from lrrl.config import AgentConfig, EvalConfig
+    from lrrl.envs.nmf import NMFConfig
+
+    cs = ConfigStore.instance()
+    cs.store(group="schema/env", name="nmf", node=defaults(NMFConfig))
+    cs.store(group="schema", name="eval", node=defaults(EvalConfig))
+    cs.store(group="schema", name="agent", node=defaults(AgentConfig))
+
+
+register()

@@ -26,13 +26,19 @@ baseline is never limited by the action parametrisation chosen for the agent.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 INFO_KEYS = ("lr", "lr_bound", "loss", "clipped", "diverged", "instance")
+
+#: A per-inner-step controller: ``(k, episodes, losses) -> lrs`` for inner step ``k + 1`` of
+#: the given episodes, after their training losses of step ``k`` (NaN: keep the lr). It is
+#: called after every inner step, the last one of a decision included (what it asks then
+#: waits for the next decision).
+InnerControl = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 
 class LRControlEnv(gym.Env):
@@ -97,7 +103,7 @@ class LRControlEnv(gym.Env):
             return self._by_name[chosen]
         if isinstance(chosen, (int, np.integer)) and not isinstance(chosen, bool):
             require(
-                0 <= chosen < len(self._pool),
+                bool(0 <= chosen < len(self._pool)),
                 "instance",
                 chosen,
                 f"an index below {len(self._pool)}",
@@ -128,6 +134,19 @@ class LRControlEnv(gym.Env):
     def _take_lr_request(self) -> float | None:
         lr, self._lr_request = self._lr_request, None
         return lr
+
+    _inner: InnerControl | None = None
+
+    def set_inner_control(self, control: InnerControl | None) -> None:
+        """Let ``control`` set the lr of every inner step after the first from the previous
+        step's training loss (a per-step controller, such as GreedyLR at its natural cadence;
+        the env's clip still applies); ``None`` restores one lr per decision."""
+        self._inner = control
+
+    @property
+    def clip(self) -> float:
+        """The largest learning rate the next step may apply (``inf``: no clip)."""
+        raise NotImplementedError
 
     def action_for_lr(self, lr: float) -> np.ndarray:
         """The action that requests learning rate ``lr`` under the current action mapping.
@@ -188,6 +207,22 @@ def as_float(
     return value
 
 
+def as_names(key: str, value: Any, accepted: Sequence[str] | None = None) -> tuple[str, ...]:
+    """A non-empty list of names (from ``accepted``, when given), as a tuple."""
+    what = "a non-empty list of names" + (f" from {list(accepted)}" if accepted else "")
+    require(
+        isinstance(value, Sequence) and not isinstance(value, str) and len(value) > 0,
+        key,
+        value,
+        what,
+    )
+    for name in value:
+        require(isinstance(name, str), key, name, what)
+        if accepted is not None:
+            require(name in accepted, key, name, what)
+    return tuple(value)
+
+
 def as_lr_range(key: str, value: Any) -> tuple[float, float]:
     """A learning-rate range option: a pair ``(low, high)`` with ``0 < low < high``."""
     require(
@@ -202,22 +237,31 @@ def as_lr_range(key: str, value: Any) -> tuple[float, float]:
     return low, high
 
 
+def log_range_lrs(actions: Any, low: float, high: float) -> np.ndarray:
+    """The learning rates of actions in [-1, 1] mapped log-linearly onto ``[low, high]``
+    (out-of-range actions saturate; NaN counts as -1). Works elementwise on any shape."""
+    a = np.asarray(actions, dtype=np.float64)
+    a = np.where(np.isnan(a), -1.0, np.clip(a, -1.0, 1.0))
+    return np.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+
+
+def log_range_actions(lrs: Any, low: float, high: float) -> np.ndarray:
+    """The inverse of :func:`log_range_lrs`, saturated to [-1, 1] (``lr <= 0`` gives -1)."""
+    lr = np.asarray(lrs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = 2.0 * (np.log(lr) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
+    a = np.where(lr > 0, np.nan_to_num(a, nan=-1.0), -1.0)
+    return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
 def log_range_lr(action: Any, low: float, high: float) -> float:
-    """The learning rate of an action in [-1, 1] mapped log-linearly onto ``[low, high]``
-    (out-of-range actions saturate; NaN counts as -1)."""
-    a = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
-    a = -1.0 if math.isnan(a) else min(1.0, max(-1.0, a))
-    return math.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
+    """:func:`log_range_lrs` of one action (the first entry of ``action``)."""
+    return float(log_range_lrs(np.asarray(action, dtype=np.float64).reshape(-1)[:1], low, high)[0])
 
 
 def log_range_action(lr: float, low: float, high: float) -> np.ndarray:
-    """The inverse of :func:`log_range_lr`, saturated to [-1, 1] (``lr <= 0`` gives -1)."""
-    a = (
-        2.0 * (math.log(lr) - math.log(low)) / (math.log(high) - math.log(low)) - 1.0
-        if lr > 0
-        else -1.0
-    )
-    return np.array([min(1.0, max(-1.0, a))], dtype=np.float32)
+    """:func:`log_range_actions` of one learning rate: an action of shape ``(1,)``."""
+    return log_range_actions(np.array([lr], dtype=np.float64), low, high)
 
 
 def log_ratio_reward(loss_prev: float, loss: float) -> float:

@@ -37,6 +37,7 @@ from lrrl.envs.dnn_models import (
 from lrrl.envs.dnn_tasks import COMPATIBLE, MODELS, TASKS, DNNInstance, TaskData, make_suite
 
 REWARDS = ("log_ratio", "final_accuracy")
+_SLOT = np.zeros(1, dtype=np.int64)  # the one episode a per-step controller sees
 TREND = 5  # decisions averaged by the smoothed trend features
 OBS_SIZE = 14
 OBS_LIMIT = 50.0
@@ -122,7 +123,7 @@ class DNNEnv(LRControlEnv):
 
     Terminated when a loss or the gradient norm becomes non-finite, or the validation loss
     exceeds ``max_loss_ratio * val_loss_0`` (``info["diverged"]``). Truncated after ``horizon``
-    decisions by the registration's ``max_episode_steps``.
+    decisions, by the env itself.
 
     ## Arguments
 
@@ -193,7 +194,7 @@ class DNNEnv(LRControlEnv):
                 ``"all"``) or a list of instance names.
             instance_seed: seed of the instance family: every instance's data partition and
                 initial parameters (not the episode's minibatch order).
-            horizon: decisions per episode, for the progress feature; registration truncates.
+            horizon: decisions per episode (the env truncates there).
         """
         super().__init__()
         self.tasks = _names("tasks", tasks, TASKS)
@@ -411,7 +412,8 @@ class DNNEnv(LRControlEnv):
             # The run already blew up: nothing left to train.
             self._t += 1
             info = self._info(requested, False, True)
-            return self._observation(), -self.divergence_penalty, True, False, info
+            truncated = self._t >= self.horizon
+            return self._observation(), -self.divergence_penalty, True, truncated, info
         clip = self.clip
         clipped = requested > clip * (1.0 + 1e-6)
         lr = min(requested, clip)
@@ -445,7 +447,8 @@ class DNNEnv(LRControlEnv):
             self._update_bound()
         info = self._info(lr, clipped, diverged)
         info["lr_bound"] = lr_bound
-        return self._observation(), float(reward), bool(diverged), False, info
+        truncated = self._t >= self.horizon
+        return self._observation(), float(reward), bool(diverged), truncated, info
 
     # -- internals ------------------------------------------------------------------------
 
@@ -479,6 +482,11 @@ class DNNEnv(LRControlEnv):
             # No per-step finiteness check (it would cost a sync per step): a non-finite loss
             # poisons the parameters, shows in the mean below and ends the episode anyway.
             opt.step()
+            if self._inner is not None:  # a per-step controller (one host sync per step)
+                wanted = float(self._inner(k, _SLOT, np.array([float(loss)]))[0])
+                if k + 1 < steps and not math.isnan(wanted):
+                    for group in opt.param_groups:
+                        group["lr"] = min(wanted, self.clip)
         if hasattr(opt, "eval"):
             opt.eval()
         train_loss, grad_norm = torch.stack([torch.stack(losses).mean(), grad_norm]).tolist()

@@ -252,13 +252,13 @@ def top_hessian_eigenvalue(
         return math.nan
     grads = torch.autograd.grad(loss, params, create_graph=True)
     v = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
-    norm = torch.sqrt(sum((x * x).sum() for x in v))
+    norm = torch.sqrt(torch.stack([(x * x).sum() for x in v]).sum())
     v = [x / norm for x in v]
     eigenvalue = math.nan
     for _ in range(iters):
         hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
         eigenvalue = float(sum((a * b).sum() for a, b in zip(hv, v, strict=True)))
-        norm = torch.sqrt(sum((x * x).sum() for x in hv))
+        norm = torch.sqrt(torch.stack([(x * x).sum() for x in hv]).sum())
         if not (math.isfinite(eigenvalue) and torch.isfinite(norm)) or float(norm) == 0.0:
             return eigenvalue if math.isfinite(eigenvalue) else math.nan
         v = [x.detach() / norm for x in hv]

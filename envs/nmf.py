@@ -2,33 +2,233 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from lrrl.envs import nmf_ops
 from lrrl.envs.base import (
     LRControlEnv,
     as_float,
     as_int,
     as_lr_range,
-    is_diverged,
-    log_range_action,
-    log_ratio_reward,
+    as_names,
+    check_options,
+    log_range_actions,
+    log_range_lrs,
     require,
 )
-from lrrl.envs.nmf_instances import SUITES, make_suite
+from lrrl.envs.nmf_episodes import HISTORY, OBS_LIMIT, OBS_SIZE, NMFEpisodes, nmf_observation
+from lrrl.envs.nmf_instances import FAMILIES, SPLITS, BaseInstance, NMFInstance, make_suite
 
-ACTION_MODES = ("bound", "log_lr")
+__all__ = [
+    "HISTORY",
+    "NMFConfig",
+    "NMFEnv",
+    "nmf_lr_for_action",
+    "nmf_lrs_for_actions",
+    "nmf_observation",
+]
+
+ACTION_MODES = ("bound", "delta", "log_lr")
 BOUNDS = ("noisy", "deterministic", "none")
 REWARDS = ("log_ratio", "relative_delta")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-HISTORY = 3  # recent log-loss changes in the observation
-OBS_LIMIT = 50.0
+
+
+@dataclass(frozen=True)
+class NMFConfig:
+    """Every option of ``lrrl/NMF-v0``, checked once; the one place its defaults live.
+
+    Each field is a keyword argument of :class:`NMFEnv` (and ``gymnasium.make``) and a Hydra
+    key ``env.<field>``; a bad value raises a one-line ``ValueError`` naming it.
+
+    The base instance (families vary it, see :mod:`lrrl.envs.nmf_instances`):
+        shape: ``(m, n)`` of the base instance.
+        rank: factorisation rank ``r`` of the base instance.
+        steps_per_action: inner SGD steps per decision (every instance).
+        batch_size: columns sampled per inner step; ``None`` for the full gradient.
+        noise_std: standard deviation of additive Gaussian gradient noise per entry.
+        horizon: decisions per episode of the base instance (the env truncates there).
+
+    The instances:
+        families: instance families (names from ``lrrl.envs.nmf_instances.FAMILIES``).
+        n_train, n_tune, n_test: instances per family in the train (the agent's), tune (the
+            baselines') and test splits.
+        instances: the split ``reset`` draws from (``"train"``, ``"tune"``, ``"test"``,
+            ``"all"``) or a list of instance names.
+        instance_seed: seed of the instance suite (not of the episodes).
+
+    The clip and the action:
+        bound: ``"noisy"`` (expected-descent bound, equal to the deterministic one without
+            noise), ``"deterministic"`` (``2 / max(L_W, L_H)``) or ``"none"`` (no clipping;
+            needs ``action_mode="log_lr"``).
+        bound_scale: the applied learning rate never exceeds ``bound_scale * lr_bound``.
+        safeguard: also cap every inner block update at ``bound_scale * 2 / L`` of the factors
+            it sees, so noise-free descent holds at every inner step (two ``r x r``
+            eigenvalue problems per inner step).
+        action_mode: ``"bound"`` (the lr in log space below the clip), ``"delta"`` (the change
+            of the lr's fraction of the clip; the first decision starts at ``lr_ceiling``) or
+            ``"log_lr"`` (the absolute log lr). See the env's Action Space.
+        lr_floor: ``"bound"``/``"delta"``: the lowest learning rate relative to the clip.
+        lr_ceiling: ``"bound"``/``"delta"``: the highest request relative to the clip; above 1
+            it reaches beyond the clip (the excess is clipped and counted).
+        lr_step: ``"delta"`` mode: the largest change of the log fraction per decision.
+        lr_range: ``"log_lr"`` mode: ``(low, high)`` learning rates of actions -1 and +1.
+
+    The reward:
+        reward: ``"log_ratio"`` (``log(loss_{t-1} / loss_t)``) or ``"relative_delta"``.
+        divergence_penalty: reward (negated) of the step that diverges.
+        max_loss_ratio: a loss above this multiple of the initial one is a divergence.
+
+    The arithmetic:
+        dtype: ``"float32"`` or ``"float64"``.
+        device: torch device of the factorisation (``"cpu"``, ``"cuda"``).
+    """
+
+    shape: tuple[int, int] = (200, 150)
+    rank: int = 10
+    steps_per_action: int = 10
+    batch_size: int | None = 16
+    noise_std: float = 0.0
+    horizon: int = 50
+    families: tuple[str, ...] = tuple(FAMILIES)
+    n_train: int = 48
+    n_tune: int = 6
+    n_test: int = 24
+    instances: Any = "train"
+    instance_seed: int = 0
+    bound: str = "noisy"
+    bound_scale: float = 1.0
+    safeguard: bool = True
+    action_mode: str = "bound"
+    lr_floor: float = 0.01
+    lr_ceiling: float = 1.0
+    lr_step: float = 0.5
+    lr_range: tuple[float, float] = (1e-3, 3.0)
+    reward: str = "log_ratio"
+    divergence_penalty: float = 10.0
+    max_loss_ratio: float = 1000.0
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        shape = self.shape
+        require(
+            isinstance(shape, Sequence) and not isinstance(shape, str) and len(shape) == 2,
+            "shape",
+            shape,
+            "a pair (m, n) of positive integers",
+        )
+        m, n = as_int("shape[0]", shape[0], 1), as_int("shape[1]", shape[1], 1)
+        put("shape", (m, n))
+        put("rank", as_int("rank", self.rank, 1))
+        require(self.rank <= min(m, n), "rank", self.rank, f"an integer <= min(m, n) = {min(m, n)}")
+        put("steps_per_action", as_int("steps_per_action", self.steps_per_action, 1))
+        if self.batch_size is not None:
+            put("batch_size", as_int("batch_size", self.batch_size, 1))
+        put("noise_std", as_float("noise_std", self.noise_std, 0.0))
+        put("horizon", as_int("horizon", self.horizon, 1))
+        put("families", as_names("families", self.families, tuple(FAMILIES)))
+        for split in SPLITS:
+            put(f"n_{split}", as_int(f"n_{split}", getattr(self, f"n_{split}"), 0))
+        if not isinstance(self.instances, str):
+            put("instances", as_names("instances", self.instances))
+        put("instance_seed", as_int("instance_seed", self.instance_seed, 0))
+        require(self.bound in BOUNDS, "bound", self.bound, f"one of {BOUNDS}")
+        put("bound_scale", as_float("bound_scale", self.bound_scale, 0.0, strict=True))
+        require(isinstance(self.safeguard, bool), "safeguard", self.safeguard, "true or false")
+        require(
+            self.action_mode in ACTION_MODES,
+            "action_mode",
+            self.action_mode,
+            f"one of {ACTION_MODES}",
+        )
+        require(
+            not (self.bound == "none" and self.action_mode != "log_lr"),
+            "action_mode",
+            self.action_mode,
+            "'log_lr' when bound='none' (there is no bound to act relative to)",
+        )
+        put("lr_floor", as_float("lr_floor", self.lr_floor, 0.0, 1.0, strict=True))
+        put("lr_ceiling", as_float("lr_ceiling", self.lr_ceiling, 1.0))
+        put("lr_step", as_float("lr_step", self.lr_step, 0.0, strict=True))
+        put("lr_range", as_lr_range("lr_range", self.lr_range))
+        require(self.reward in REWARDS, "reward", self.reward, f"one of {REWARDS}")
+        put("divergence_penalty", as_float("divergence_penalty", self.divergence_penalty, 0.0))
+        put("max_loss_ratio", as_float("max_loss_ratio", self.max_loss_ratio, 1.0, strict=True))
+        require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {tuple(DTYPES)}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device={self.device!r} is invalid: {err}") from None
+        require(
+            device.type != "cuda" or torch.cuda.is_available(),
+            "device",
+            self.device,
+            "'cpu' (CUDA is not available here)",
+        )
+        # The suite exists and every instance admits its rank; the pool is not empty.
+        suite = self.suite
+        require(len(suite["all"]) > 0, "families", list(self.families), "at least one instance")
+        if isinstance(self.instances, str):
+            splits = (*SPLITS, "all")
+            require(
+                self.instances in splits,
+                "instances",
+                self.instances,
+                f"one of {splits} or a list of names",
+            )
+            require(
+                len(suite[self.instances]) > 0,
+                "instances",
+                self.instances,
+                f"a split with instances (n_{self.instances} is 0)",
+            )
+        else:
+            known = {inst.name for inst in suite["all"]}
+            unknown = [name for name in self.instances if name not in known]
+            require(not unknown, "instances", unknown, "names of instances of this suite")
+
+    @classmethod
+    def build(cls, config: NMFConfig | None = None, **kwargs: Any) -> NMFConfig:
+        """``config`` with ``kwargs`` replaced (or the defaults with ``kwargs``); unknown
+        keyword arguments are a one-line ``ValueError`` listing the accepted ones."""
+        check_options("env (lrrl/NMF-v0)", kwargs, [f.name for f in dataclasses.fields(cls)])
+        return dataclasses.replace(config, **kwargs) if config is not None else cls(**kwargs)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def base(self) -> BaseInstance:
+        return BaseInstance(self.shape, self.rank, self.batch_size, self.noise_std, self.horizon)
+
+    @functools.cached_property
+    def suite(self) -> dict[str, list[NMFInstance]]:
+        """The instances of every split, ``"all"`` included (built once per config)."""
+        counts = {split: getattr(self, f"n_{split}") for split in SPLITS}
+        suite = make_suite(self.base, self.families, counts, self.instance_seed)
+        suite["all"] = [inst for split in SPLITS for inst in suite[split]]
+        return suite
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain JSON values: ``NMFConfig(**to_dict())`` rebuilds the config."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
 
 
 class NMFEnv(LRControlEnv):
@@ -39,19 +239,25 @@ class NMFEnv(LRControlEnv):
     The agent schedules the learning rate of stochastic NMF, ``V ~ W H`` with ``W, H >= 0``
     at rank ``r``, minimising ``f = 1/2 ||V - W H||_F^2``. Each decision runs
     ``steps_per_action`` inner steps of alternating projected SGD (``W`` then ``H``) on
-    sampled column minibatches (``batch_size``) and/or with additive gradient noise
-    (``noise_std``). The learning rate is clipped to ``bound_scale`` times a stability bound
+    sampled column minibatches and/or with additive gradient noise, as the episode's instance
+    sets them. The learning rate is clipped to ``bound_scale`` times a stability bound
     computed from the current factors (see :mod:`lrrl.envs.nmf_ops` for the derivation):
     noise-free, every learning rate up to the bound provably never raises the loss.
+    Instances come from named families (:mod:`lrrl.envs.nmf_instances`) that vary size,
+    rank, data noise, minibatch size, gradient noise, episode length and data scale, plus
+    real data.
 
     ## Action Space
 
-    ``Box(-1, 1, (1,), float32)``. In ``action_mode="bound"`` (default) the action is the
-    learning rate in log space between ``lr_floor * clip`` (action -1) and
-    ``lr_ceiling * clip`` (action +1), where the clip is ``bound_scale * lr_bound``: the highest
-    action reaches the clip (with the default ``lr_ceiling=2`` it asks for twice the clip, and
-    the excess is clipped). In ``action_mode="log_lr"`` it is the log
-    learning rate within ``lr_range``; requests above the clip are clipped (and counted).
+    ``Box(-1, 1, (1,), float32)``. The clip is ``bound_scale * lr_bound``. In
+    ``action_mode="bound"`` (default) the action is the learning rate in log space between
+    ``lr_floor * clip`` (action -1) and ``lr_ceiling * clip`` (action +1): the highest action
+    reaches the clip. In ``action_mode="delta"`` it moves the learning rate's fraction of the
+    clip: ``f_t = f_{t-1} * exp(lr_step * action)``, kept within ``[lr_floor, lr_ceiling]``,
+    ``f`` starting at ``lr_ceiling``; action 0 follows the bound at a constant fraction, and
+    the lr never changes by more than ``exp(lr_step)`` relative to the bound in one decision.
+    In ``action_mode="log_lr"`` it is the log learning rate within ``lr_range``; requests
+    above the clip are clipped (and counted).
 
     ## Observation Space
 
@@ -61,7 +267,7 @@ class NMFEnv(LRControlEnv):
     |-------|---------------------------------------------------------------|
     | 0     | ``log(loss / loss_0)``                                        |
     | 1-3   | the last three log-loss changes ``log(loss_t / loss_{t-1})``  |
-    | 4     | ``log(lr_prev / clip)``: last applied lr relative to the clip |
+    | 4     | ``log(f)``: the last lr over the clip it was applied under    |
     | 5     | ``log10(lr_bound)`` (0 when ``bound="none"``)                 |
     | 6     | gradient-noise ratio ``1 - ||g||^2 / (||g||^2 + s^2)``        |
     | 7     | progress ``t / horizon``                                      |
@@ -82,198 +288,67 @@ class NMFEnv(LRControlEnv):
     ## Episode End
 
     Terminated when the loss becomes non-finite or exceeds ``max_loss_ratio * loss_0``
-    (``info["diverged"]``). Truncated after ``horizon`` decisions by the registration's
-    ``max_episode_steps``.
+    (``info["diverged"]``). Truncated after the instance's ``horizon`` decisions, by the env
+    itself (instances differ in length), wherever the env is made.
 
     ## Arguments
 
-    See ``__init__``. Every argument is a plain value, so ``gymnasium.make("lrrl/NMF-v0",
-    rank=8)`` and Hydra's ``env.rank=8`` both work.
+    The fields of :class:`NMFConfig`, as keyword arguments (``gymnasium.make("lrrl/NMF-v0",
+    rank=8)``, Hydra's ``env.rank=8``), or a whole config as ``config=``.
 
     ## Version History
 
     * v0: initial version.
     """
 
-    def __init__(
-        self,
-        shape: Sequence[int] = (200, 150),
-        rank: int = 10,
-        steps_per_action: int = 10,
-        noise_std: float = 0.0,
-        batch_size: int | None = None,
-        bound_scale: float = 1.0,
-        bound: str = "noisy",
-        action_mode: str = "bound",
-        lr_floor: float = 1e-2,
-        lr_ceiling: float = 2.0,
-        lr_range: Sequence[float] = (1e-4, 10.0),
-        reward: str = "log_ratio",
-        divergence_penalty: float = 10.0,
-        max_loss_ratio: float = 1e3,
-        suite: str = "mixed",
-        instances: str | Sequence[str] = "train",
-        instance_seed: int = 0,
-        horizon: int = 50,
-        safeguard: bool = True,
-        dtype: str = "float32",
-        device: str = "cpu",
-    ) -> None:
-        """Build the env; every bad value raises a one-line ``ValueError`` naming it.
+    metadata: dict[str, Any] = {"render_modes": []}
+    config_class = NMFConfig
 
-        Args:
-            shape: ``(m, n)`` of the base synthetic instances (others are half this size).
-            rank: factorisation rank ``r``; at most ``min(m, n)`` of every instance.
-            steps_per_action: inner SGD steps per decision.
-            noise_std: standard deviation of additive Gaussian gradient noise per entry.
-            batch_size: columns sampled per inner step; ``None`` for the full gradient.
-            bound_scale: the applied learning rate never exceeds ``bound_scale * lr_bound``.
-            bound: ``"noisy"`` (expected-descent bound, equal to the deterministic one without
-                noise), ``"deterministic"`` (``2 / max(L_W, L_H)``) or ``"none"`` (no clipping;
-                needs ``action_mode="log_lr"``).
-            action_mode: ``"bound"`` (log space below the clip) or ``"log_lr"`` (absolute).
-            lr_floor: in ``"bound"`` mode, the lowest action's learning rate relative to the clip.
-            lr_ceiling: in ``"bound"`` mode, the highest action's request relative to the clip;
-                above 1 it reaches beyond the clip (the excess is clipped and counted), which
-                keeps the best learning rates inside the action range rather than at its edge.
-            lr_range: in ``"log_lr"`` mode, ``(low, high)`` learning rates of actions -1 and +1.
-            reward: ``"log_ratio"`` or ``"relative_delta"``.
-            divergence_penalty: reward (negated) of the step that diverges.
-            max_loss_ratio: a loss above this multiple of the initial one is a divergence.
-            suite: which instances: ``"mixed"`` (synthetic and digits), ``"synthetic"``, ``"digits"``.
-            instances: the split drawn from on reset (``"train"``, ``"test"``, ``"all"``) or a
-                list of instance names.
-            instance_seed: seed of the synthetic instance family (not of the episode).
-            horizon: decisions per episode, for the progress feature; registration truncates.
-            safeguard: also cap every inner block update at ``bound_scale * 2 / L`` of the
-                factors it sees, so noise-free descent holds at every inner step. Costs two
-                ``r x r`` eigenvalue problems per inner step (noticeable only for small ``m, n``).
-            dtype: ``"float32"`` or ``"float64"``.
-            device: torch device of the factorisation (``"cpu"``, ``"cuda"``).
-        """
+    def __init__(self, config: NMFConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
-        require(
-            isinstance(shape, Sequence) and len(shape) == 2,
-            "shape",
-            shape,
-            "a pair (m, n) of positive integers",
-        )
-        m, n = as_int("shape[0]", shape[0], 1), as_int("shape[1]", shape[1], 1)
-        self.shape = (m, n)
-        self.rank = as_int("rank", rank, 1)
-        require(self.rank <= min(m, n), "rank", rank, f"an integer <= min(m, n) = {min(m, n)}")
-        self.steps_per_action = as_int("steps_per_action", steps_per_action, 1)
-        self.noise_std = as_float("noise_std", noise_std, 0.0)
-        if batch_size is not None:
-            batch_size = as_int("batch_size", batch_size, 1)
-        self.batch_size = batch_size
-        self.bound_scale = as_float("bound_scale", bound_scale, 0.0, strict=True)
-        require(bound in BOUNDS, "bound", bound, f"one of {BOUNDS}")
-        require(action_mode in ACTION_MODES, "action_mode", action_mode, f"one of {ACTION_MODES}")
-        require(
-            not (bound == "none" and action_mode == "bound"),
-            "action_mode",
-            action_mode,
-            "'log_lr' when bound='none' (there is no bound to act relative to)",
-        )
-        self.bound, self.action_mode = bound, action_mode
-        self.lr_floor = as_float("lr_floor", lr_floor, 0.0, 1.0, strict=True)
-        self.lr_ceiling = as_float("lr_ceiling", lr_ceiling, 1.0)
-        self.lr_range = as_lr_range("lr_range", lr_range)
-        require(reward in REWARDS, "reward", reward, f"one of {REWARDS}")
-        self.reward_mode = reward
-        self.divergence_penalty = as_float("divergence_penalty", divergence_penalty, 0.0)
-        self.max_loss_ratio = as_float("max_loss_ratio", max_loss_ratio, 1.0, strict=True)
-        require(suite in SUITES, "suite", suite, f"one of {SUITES}")
-        self.suite = suite
-        self.instance_seed = as_int("instance_seed", instance_seed, 0)
-        self.horizon = as_int("horizon", horizon, 1)
-        require(isinstance(safeguard, bool), "safeguard", safeguard, "true or false")
-        self.safeguard = safeguard
-        require(dtype in DTYPES, "dtype", dtype, f"one of {tuple(DTYPES)}")
-        self.dtype_name, self.dtype = dtype, DTYPES[dtype]
-        try:
-            self.device = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device={device!r} is invalid: {err}") from None
-        require(
-            self.device.type != "cuda" or torch.cuda.is_available(),
-            "device",
-            device,
-            "'cpu' (CUDA is not available here)",
-        )
-
-        self._suite = make_suite(self.shape, self.rank, suite, self.instance_seed)
-        self._suite["all"] = self._suite["train"] + self._suite["test"]
-        for inst in self._suite["all"]:
-            require(
-                self.rank <= min(inst.shape),
-                "rank",
-                rank,
-                f"an integer <= {min(inst.shape)} (instance {inst.name} is {inst.shape[0]}x{inst.shape[1]})",
-            )
-        self._hold_instances(self._suite, instances)
-        self._instances_arg = instances if isinstance(instances, str) else list(instances)
-
+        self.cfg = NMFConfig.build(config, **kwargs)
+        self._hold_instances(self.cfg.suite, self.cfg.instances)
+        self._episodes = NMFEpisodes(self.cfg, 1)
+        self.steps_per_action = self.cfg.steps_per_action
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self.observation_space = gym.spaces.Box(-OBS_LIMIT, OBS_LIMIT, shape=(8,), dtype=np.float32)
-        self._gen: torch.Generator | None = None
-        self._V: torch.Tensor | None = None
+        self.observation_space = gym.spaces.Box(
+            -OBS_LIMIT, OBS_LIMIT, shape=(OBS_SIZE,), dtype=np.float32
+        )
 
     # -- the public contract -------------------------------------------------------------
 
     @property
     def V(self) -> np.ndarray:
-        return self._V.cpu().numpy()
+        return self._episodes.factors(0)[0]
 
     @property
     def W(self) -> np.ndarray:
-        return self._W.cpu().numpy()
+        return self._episodes.factors(0)[1]
 
     @property
     def H(self) -> np.ndarray:
-        return self._H.cpu().numpy()
+        return self._episodes.factors(0)[2]
+
+    @property
+    def horizon(self) -> int:
+        """Decisions of the current episode (the base horizon before the first reset)."""
+        inst = self._instance
+        return inst.horizon if inst is not None else self.cfg.horizon
 
     def config(self) -> dict[str, Any]:
-        return {
-            "shape": list(self.shape),
-            "rank": self.rank,
-            "steps_per_action": self.steps_per_action,
-            "noise_std": self.noise_std,
-            "batch_size": self.batch_size,
-            "bound_scale": self.bound_scale,
-            "bound": self.bound,
-            "action_mode": self.action_mode,
-            "lr_floor": self.lr_floor,
-            "lr_ceiling": self.lr_ceiling,
-            "lr_range": list(self.lr_range),
-            "reward": self.reward_mode,
-            "divergence_penalty": self.divergence_penalty,
-            "max_loss_ratio": self.max_loss_ratio,
-            "suite": self.suite,
-            "instances": self._instances_arg,
-            "instance_seed": self.instance_seed,
-            "horizon": self.horizon,
-            "safeguard": self.safeguard,
-            "dtype": self.dtype_name,
-            "device": str(self.device),
-        }
+        return self.cfg.to_dict()
 
     @property
     def clip(self) -> float:
         """The largest learning rate the next step may apply: ``bound_scale * lr_bound``."""
-        return self.bound_scale * self._lr_bound if self.bound != "none" else math.inf
+        return float(self._episodes.clip[0])
 
     def lr_for_action(self, action: np.ndarray) -> float:
         """The learning rate an action requests (before clipping); NaN actions count as -1."""
-        return nmf_lr_for_action(
-            action, self.action_mode, self.clip, self.lr_floor, self.lr_ceiling, self.lr_range
-        )
+        return nmf_lr_for_action(action, self.cfg, self.clip, self._episodes.fraction[0])
 
     def action_for_lr(self, lr: float) -> np.ndarray:
-        if self.action_mode == "bound":
-            return log_range_action(lr / self.clip, self.lr_floor, self.lr_ceiling)
-        return log_range_action(lr, *self.lr_range)
+        return nmf_action_for_lr(lr, self.cfg, self.clip, self._episodes.fraction[0])
 
     # -- gymnasium API --------------------------------------------------------------------
 
@@ -282,244 +357,95 @@ class NMFEnv(LRControlEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._lr_request = None
-        options = options or {}
-        if "instance" in options and options["instance"] is not None:
-            self._instance = self._resolve(options["instance"])
+        choice = (options or {}).get("instance")
+        if choice is not None:
+            self._instance = self._resolve(choice)
         else:
             self._instance = self._pool[int(self.np_random.integers(len(self._pool)))]
-        inst = self._instance  # every instance's shape admits the rank (checked in __init__)
-        self._gen = torch.Generator(device=self.device)
-        self._gen.manual_seed(int(self.np_random.integers(2**62)))
-
-        self._V = torch.tensor(inst.matrix(), dtype=self.dtype, device=self.device)
-        m, n = inst.shape
-        init_scale = math.sqrt(float(self._V.mean()) / self.rank)
-        # Draws stay on the CPU generator-backed stream so CPU and CUDA runs start alike.
-        self._W = (
-            init_scale
-            * torch.randn(
-                (m, self.rank), generator=self._gen, dtype=self.dtype, device=self.device
-            ).abs()
-        )
-        self._H = (
-            init_scale
-            * torch.randn(
-                (self.rank, n), generator=self._gen, dtype=self.dtype, device=self.device
-            ).abs()
-        )
-
-        self._t = 0
-        with torch.inference_mode():
-            R = nmf_ops.residual(self._V, self._W, self._H)
-            terms = self._bound_terms(self._W, self._H, R)
-            loss0, lr_bound, noise_ratio = torch.stack(
-                [nmf_ops.loss_from_residual(R), terms.lr_bound, terms.noise_ratio]
-            ).tolist()
-        self._loss0 = self._loss = loss0
-        self._deltas = [0.0] * HISTORY
-        self._lr_prev = math.nan
-        self._set_bound(loss0, lr_bound, noise_ratio)
+        self._episodes.load(0, self._instance, int(self.np_random.integers(2**62)))
+        self._episodes.start(np.zeros(1, dtype=np.int64))
+        ep = self._episodes
         info = {
             "lr": math.nan,
-            "lr_bound": self._lr_bound if self.bound != "none" else math.inf,
-            "loss": self._loss,
+            "lr_bound": float(ep.lr_bound[0]) if self.cfg.bound != "none" else math.inf,
+            "loss": float(ep.loss[0]),
             "clipped": False,
             "diverged": False,
-            "instance": inst.name,
-            "noise_ratio": self._noise_ratio,
+            "instance": self._instance.name,
+            "noise_ratio": float(ep.noise_ratio[0]),
         }
-        return self._observation(), info
+        return ep.observations()[0], info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         requested = self._take_lr_request()
         if requested is None:
             requested = self.lr_for_action(action)
-        lr_bound = self._lr_bound if self.bound != "none" else math.inf
-        if not self._healthy:
-            # The factors already blew up (e.g. NaN data): nothing left to train.
-            return self._diverged_step(requested, lr_bound)
-        clip = self.clip
-        clipped = requested > clip * (1.0 + 1e-6)
-        lr = min(requested, clip)
-        cap = self.bound_scale if self.bound != "none" and self.safeguard else None
-        lr_t = torch.tensor(lr, dtype=self.dtype, device=self.device)
-        caps = []
-        with torch.inference_mode():
-            draws = nmf_ops.draw(
-                self._gen,
-                self.steps_per_action,
-                tuple(self._V.shape),
-                self.rank,
-                self.batch_size,
-                self.noise_std,
-                self.dtype,
-                self.device,
-            )
-            W, H = self._W, self._H
-            for k in range(self.steps_per_action):
-                W, H, min_cap = nmf_ops.inner_step(
-                    self._V,
-                    W,
-                    H,
-                    lr_t,
-                    cap,
-                    columns=None if draws.columns is None else draws.columns[k],
-                    noise_w=None if draws.noise_w is None else draws.noise_w[k],
-                    noise_h=None if draws.noise_h is None else draws.noise_h[k],
-                )
-                caps.append(min_cap)
-            R = nmf_ops.residual(self._V, W, H)
-            capped = (torch.stack(caps) < lr_t).sum() if cap is not None else R.new_zeros(())
-            terms = self._bound_terms(W, H, R)
-            # One device-to-host transfer per decision: loss, inner caps and the next bound.
-            loss, inner_capped, lr_bound_next, noise_ratio = torch.stack(
-                [
-                    nmf_ops.loss_from_residual(R),
-                    capped.to(R.dtype),
-                    terms.lr_bound,
-                    terms.noise_ratio,
-                ]
-            ).tolist()
-        self._W, self._H = W, H
-        self._t += 1
-
-        loss_prev = self._loss
-        diverged = is_diverged(loss, self._loss0, self.max_loss_ratio)
-        if not diverged:
-            self._set_bound(loss, lr_bound_next, noise_ratio)
-            diverged = not self._healthy
-        if diverged:
-            self._healthy = False
-            reward = -self.divergence_penalty
-        elif self.reward_mode == "log_ratio":
-            reward = log_ratio_reward(max(loss_prev, 1e-300), max(loss, 1e-300))
-        else:
-            reward = (loss_prev - loss) / self._loss0
-        self._loss = loss
-        self._lr_prev = lr
-        if not diverged:
-            delta = math.log(max(loss, 1e-300)) - math.log(max(loss_prev, 1e-300))
-            self._deltas = [delta, *self._deltas[:-1]]
+        tr = self._episodes.step(np.array([requested]), inner=self._inner)
         info = {
-            "lr": lr,
-            "lr_bound": lr_bound,
-            "loss": loss,
-            "clipped": bool(clipped),
-            "diverged": bool(diverged),
+            "lr": float(tr.lr[0]),
+            "lr_bound": float(tr.lr_bound[0]),
+            "loss": float(tr.loss[0]),
+            "clipped": bool(tr.clipped[0]),
+            "diverged": bool(tr.diverged[0]),
             "instance": self._instance.name,
-            "noise_ratio": self._noise_ratio,
-            "inner_capped": int(inner_capped),
+            "noise_ratio": float(self._episodes.noise_ratio[0]),
+            "inner_capped": int(tr.inner_capped[0]),
         }
-        return self._observation(), float(reward), bool(diverged), False, info
-
-    def _diverged_step(
-        self, requested: float, lr_bound: float
-    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        self._t += 1
-        info = {
-            "lr": 0.0 if math.isnan(requested) else requested,
-            "lr_bound": lr_bound,
-            "loss": self._loss,
-            "clipped": False,
-            "diverged": True,
-            "instance": self._instance.name,
-            "noise_ratio": self._noise_ratio,
-            "inner_capped": 0,
-        }
-        return self._observation(), -self.divergence_penalty, True, False, info
-
-    # -- internals ------------------------------------------------------------------------
-
-    def _bound_terms(self, W: torch.Tensor, H: torch.Tensor, R: torch.Tensor) -> nmf_ops.BoundTerms:
-        with torch.inference_mode():
-            return nmf_ops.stability_bound(
-                self._V, W, H, self.noise_std, self.batch_size, noisy=self.bound == "noisy", R=R
-            )
-
-    def _set_bound(self, loss: float, lr_bound: float, noise_ratio: float) -> None:
-        # Non-finite factors make a Gram matrix non-finite, whose eigenvalue counts as inf, so
-        # the bound is 0 (or NaN): no separate finiteness check.
-        self._lr_bound, self._noise_ratio = lr_bound, noise_ratio
-        self._healthy = math.isfinite(loss) and 0.0 < lr_bound < math.inf
-
-    def _observation(self) -> np.ndarray:
-        return nmf_observation(
-            loss=self._loss,
-            loss0=self._loss0,
-            deltas=self._deltas,
-            lr_prev=self._lr_prev,
-            lr_bound=None if self.bound == "none" else self._lr_bound,
-            bound_scale=self.bound_scale,
-            noise_ratio=self._noise_ratio,
-            progress=self._t / self.horizon,
-        )
-
-
-def nmf_observation(
-    loss: Any,
-    loss0: Any,
-    deltas: Any,
-    lr_prev: Any,
-    lr_bound: Any | None,
-    bound_scale: float,
-    noise_ratio: Any,
-    progress: Any,
-) -> np.ndarray:
-    """The ``lrrl/NMF-v0`` observation from the quantities it summarises (see ``NMFEnv``).
-
-    Shared by the env, the batched env (every argument may carry a leading batch dimension;
-    ``deltas`` then has shape ``(B, HISTORY)`` and the result ``(B, 8)``) and
-    :class:`lrrl.schedulers.PolicyScheduler`, which rebuilds it from a loss history in any
-    training loop. ``deltas`` are the last ``HISTORY`` log-loss changes, newest first;
-    ``lr_prev`` the last applied learning rate (NaN before the first decision); ``lr_bound``
-    the current bound (``None`` when the env has none).
-    """
-    loss, loss0 = np.asarray(loss, dtype=np.float64), np.asarray(loss0, dtype=np.float64)
-    lr_prev = np.asarray(lr_prev, dtype=np.float64)
-    deltas = np.asarray(deltas, dtype=np.float64)
-    obs = np.empty((*deltas.shape[:-1], 8))
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        obs[..., 0] = np.where(loss > 0, np.log(loss / loss0), -OBS_LIMIT)
-        obs[..., 1 : 1 + HISTORY] = deltas
-        if lr_bound is None:
-            obs[..., 4:6] = 0.0
-        else:
-            lr_bound = np.asarray(lr_bound, dtype=np.float64)
-            obs[..., 4] = np.where(lr_prev > 0, np.log(lr_prev / (bound_scale * lr_bound)), 0.0)
-            obs[..., 5] = np.where(lr_bound > 0, np.log10(lr_bound), -OBS_LIMIT)
-    obs[..., 6] = noise_ratio
-    obs[..., 7] = progress
-    np.nan_to_num(obs, copy=False, nan=0.0, posinf=OBS_LIMIT, neginf=-OBS_LIMIT)
-    return np.clip(obs, -OBS_LIMIT, OBS_LIMIT, out=obs).astype(np.float32)
-
-
-def nmf_lr_for_action(
-    action: Any,
-    action_mode: str,
-    clip: float,
-    lr_floor: float,
-    lr_ceiling: float,
-    lr_range: Sequence[float],
-) -> float:
-    """The learning rate an ``lrrl/NMF-v0`` action requests (before clipping to ``clip``).
-
-    Shared by the env and :class:`lrrl.schedulers.PolicyScheduler`; NaN actions count as -1.
-    """
-    a = np.asarray(action, dtype=np.float64).reshape(-1)[:1]
-    return float(nmf_lrs_for_actions(a, action_mode, clip, lr_floor, lr_ceiling, lr_range)[0])
+        obs = self._episodes.observations()[0]
+        return obs, float(tr.reward[0]), bool(tr.diverged[0]), bool(tr.truncated[0]), info
 
 
 def nmf_lrs_for_actions(
-    actions: np.ndarray,
-    action_mode: str,
-    clip: Any,
-    lr_floor: float,
-    lr_ceiling: float,
-    lr_range: Sequence[float],
+    actions: Any, config: NMFConfig, clip: Any, fraction: Any = math.nan
 ) -> np.ndarray:
-    """:func:`nmf_lr_for_action` over a batch: ``actions`` and ``clip`` of shape ``(B,)``."""
+    """The learning rates a batch of ``lrrl/NMF-v0`` actions requests (before clipping).
+
+    Shared by the envs and :class:`lrrl.schedulers.PolicyScheduler`; NaN actions count as
+    -1 and out-of-range ones saturate. ``clip`` matters in the bound-relative modes and
+    ``fraction`` (the last lr over its clip, NaN before the first decision) in ``"delta"``.
+    """
+    if config.action_mode == "log_lr":
+        return log_range_lrs(actions, *config.lr_range)
+    clip = np.asarray(clip, dtype=np.float64)
+    low, high = config.lr_floor, config.lr_ceiling
+    if config.action_mode == "bound":
+        return log_range_lrs(actions, low, high) * clip
     a = np.asarray(actions, dtype=np.float64)
     a = np.where(np.isnan(a), -1.0, np.clip(a, -1.0, 1.0))
-    low, high = (lr_floor, lr_ceiling) if action_mode == "bound" else lr_range
-    lr = np.exp(math.log(low) + (a + 1.0) / 2.0 * (math.log(high) - math.log(low)))
-    return lr * np.asarray(clip, dtype=np.float64) if action_mode == "bound" else lr
+    f = np.asarray(fraction, dtype=np.float64)
+    f = np.where(np.isnan(f), high, np.clip(f, low, high))
+    return np.clip(f * np.exp(config.lr_step * a), low, high) * clip
+
+
+def nmf_lr_for_action(
+    action: Any, config: NMFConfig, clip: float, fraction: float = math.nan
+) -> float:
+    """:func:`nmf_lrs_for_actions` for one action."""
+    a = np.asarray(action, dtype=np.float64).reshape(-1)[:1]
+    return float(nmf_lrs_for_actions(a, config, clip, fraction)[0])
+
+
+def nmf_actions_for_lrs(
+    lrs: Any, config: NMFConfig, clip: Any, fraction: Any = math.nan
+) -> np.ndarray:
+    """The inverse of :func:`nmf_lrs_for_actions`, saturated to [-1, 1] (``lr <= 0``: -1)."""
+    lr = np.asarray(lrs, dtype=np.float64)
+    if config.action_mode == "log_lr":
+        return log_range_actions(lr, *config.lr_range)
+    clip = np.asarray(clip, dtype=np.float64)
+    low, high = config.lr_floor, config.lr_ceiling
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if config.action_mode == "bound":
+            return log_range_actions(lr / clip, low, high)
+        f = np.asarray(fraction, dtype=np.float64)
+        f = np.where(np.isnan(f), high, np.clip(f, low, high))
+        a = (np.log(lr / clip) - np.log(f)) / config.lr_step
+    a = np.where(lr > 0, np.nan_to_num(a, nan=-1.0), -1.0)
+    return np.clip(a, -1.0, 1.0).astype(np.float32)
+
+
+def nmf_action_for_lr(
+    lr: float, config: NMFConfig, clip: float, fraction: float = math.nan
+) -> np.ndarray:
+    """:func:`nmf_actions_for_lrs` for one learning rate: an action of shape ``(1,)``."""
+    return nmf_actions_for_lrs(np.array([lr]), config, np.array([clip]), np.array([fraction]))

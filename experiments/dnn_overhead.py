@@ -28,7 +28,7 @@ import torch
 
 import lrrl  # noqa: F401  (registers the environments)
 from lrrl.envs.dnn_models import build_optimizer, prediction_loss
-from lrrl.harness import make_env
+from lrrl.envs.registration import make_env
 
 #: name -> (task, model, optimizer, batch size, steps per action, lr, episodes, decisions)
 CONFIGS: dict[str, tuple[str, str, str, int, int, float, int, int]] = {

@@ -14,10 +14,8 @@ A schedule distilled on NMF carries NMF's learning-rate scale: its ``initial_lr`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from lrrl.schedulers import GreedyLR
+from lrrl.schedulers import DistilledGreedyLR, GreedyLR, load_greedylr
 
 
 def data(seed: int) -> tuple[torch.Tensor, ...]:
@@ -41,34 +39,22 @@ def data(seed: int) -> tuple[torch.Tensor, ...]:
     )
 
 
-def greedylr_spec(path: str | None, lr: float, absolute: bool) -> dict[str, Any]:
-    """Scheduler kwargs, starting lr and decision length from a greedylr.json (or defaults)."""
+def greedylr_spec(path: str | None, lr: float, absolute: bool) -> DistilledGreedyLR:
+    """The distilled GreedyLR of a greedylr.json (or GreedyLR's defaults), started at ``lr``."""
     if path is None:
-        return {"params": {}, "initial_lr": lr, "steps_per_action": 10}
-    spec = json.loads(Path(path).read_text())
-    params = dict(spec["params"])
-    initial_lr = float(spec["initial_lr"])
-    if not absolute:
-        scale = lr / initial_lr
-        for key in ("min_lr", "max_lr"):
-            if key in params:
-                params[key] = params[key] * scale
-        initial_lr = lr
-    return {
-        "params": params,
-        "initial_lr": initial_lr,
-        "steps_per_action": int(spec["steps_per_action"]),
-    }
+        return DistilledGreedyLR({}, lr, 10)
+    spec = load_greedylr(path)
+    return spec if absolute else spec.rescaled(lr)
 
 
-def train(scheduler: str, spec: dict[str, Any], args: argparse.Namespace) -> tuple[float, float]:
+def train(scheduler: str, spec: DistilledGreedyLR, args: argparse.Namespace) -> tuple[float, float]:
     torch.manual_seed(args.seed)
     x_tr, y_tr, x_te, y_te = data(args.seed)
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    lr0 = spec["initial_lr"] if scheduler == "greedylr" else args.lr
+    lr0 = spec.initial_lr if scheduler == "greedylr" else args.lr
     opt = torch.optim.SGD(model.parameters(), lr=lr0, momentum=0.9)
     if scheduler == "greedylr":
-        sched: Any = GreedyLR(opt, **spec["params"])
+        sched: Any = GreedyLR(opt, **spec.params)
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.steps)
     gen = torch.Generator().manual_seed(args.seed)
@@ -82,7 +68,7 @@ def train(scheduler: str, spec: dict[str, Any], args: argparse.Namespace) -> tup
         opt.step()
         if scheduler == "greedylr":
             window.append(loss.item())
-            if (step + 1) % spec["steps_per_action"] == 0:
+            if (step + 1) % spec.steps_per_action == 0:
                 sched.step(float(np.mean(window)))
                 window = []
         else:

@@ -9,7 +9,6 @@ file                        holds
 =========================== ===========================================================
 ``model-<step>.zip``        the SB3 model: policy weights and optimizer, ``num_timesteps``
 ``rng-<step>.pkl``          Python, NumPy and torch global RNG states, each env's RNG
-``vecnormalize-<step>.pkl`` VecNormalize statistics (only when the env is normalised)
 ``replay_buffer-<step>.pkl`` the replay buffer of off-policy agents (SAC)
 ``manifest.json``           written last: the step, the file names and their SHA-256,
                             the training counters (episodes, divergences, wall time)
@@ -161,7 +160,7 @@ def restore_global_rng(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(folder: Path, model: Any, state: TrainState) -> Path:
-    """Write one checkpoint of ``model`` (and its env's RNGs and statistics) into ``folder``."""
+    """Write one checkpoint of ``model`` (and its env's RNGs) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     step = int(model.num_timesteps)
     blobs: dict[str, tuple[str, bytes]] = {}
@@ -169,9 +168,6 @@ def save_checkpoint(folder: Path, model: Any, state: TrainState) -> Path:
     model.save(buffer)
     blobs["model"] = (f"model-{step:012d}.zip", buffer.getvalue())
     blobs["rng"] = (f"rng-{step:012d}.pkl", pickle.dumps(rng_state(model.get_env())))
-    vec_normalize = model.get_vec_normalize_env()
-    if vec_normalize is not None:
-        blobs["vecnormalize"] = (f"vecnormalize-{step:012d}.pkl", pickle.dumps(vec_normalize))
     if getattr(model, "replay_buffer", None) is not None:
         buffer = io.BytesIO()
         pickle.dump(model.replay_buffer, buffer)
@@ -224,13 +220,6 @@ def load_checkpoint(folder: Path, algo_cls: Any, venv: Any, device: str) -> tupl
     """
     manifest = read_manifest(folder)
     files = manifest["files"]
-    if "vecnormalize" in files:
-        from stable_baselines3.common.vec_env import VecNormalize
-
-        saved = pickle.loads((folder / files["vecnormalize"]).read_bytes())
-        saved.set_venv(venv)
-        venv = saved
-        assert isinstance(venv, VecNormalize)
     model = algo_cls.load(folder / files["model"], env=venv, device=device)
     if "replay_buffer" in files:
         model.replay_buffer = pickle.loads((folder / files["replay_buffer"]).read_bytes())
@@ -243,8 +232,6 @@ def load_checkpoint(folder: Path, algo_cls: Any, venv: Any, device: str) -> tupl
             venv.set_attr("np_random", generator, indices=[i])
     model._last_obs = venv.reset()
     model._last_episode_starts = np.ones((venv.num_envs,), dtype=bool)
-    if model.get_vec_normalize_env() is not None:
-        model._last_original_obs = model.get_vec_normalize_env().get_original_obs()
     restore_global_rng(rng)
     state = TrainState(
         int(manifest["timesteps"]),

@@ -8,7 +8,7 @@ from importlib import resources
 from typing import NoReturn
 
 #: Config groups selectable on the command line as ``group=choice``.
-GROUPS = ("env", "agent", "logger", "debug", "experiment")
+GROUPS = ("env", "agent", "logger", "debug")
 #: Hydra launchers (``hydra/launcher=...``, ours in ``conf/hydra/launcher/``): the plugin
 #: module each needs and the extra that installs it.
 LAUNCHER_PLUGINS = {
@@ -53,7 +53,7 @@ def check_group_choices(args: list[str]) -> None:
         choices = group_choices(key)
         for choice in value.split(","):
             choice = choice.strip()
-            if choice in ("null", "") and key in ("debug", "experiment"):
+            if choice in ("null", "") and key == "debug":
                 continue
             if choice not in choices:
                 raise ConfigError(f"{key}={choice!r} is invalid: expected one of {choices}")

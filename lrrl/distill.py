@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,15 @@ from lrrl.agents.greedylr_fit import (
 )
 from lrrl.agents.sb3 import AgentController, load_agent
 from lrrl.cli import ConfigError, fail
+from lrrl.comparison import summarise
+from lrrl.config import EnvSpec
 from lrrl.envs.base import as_int
-from lrrl.harness import Episode, episode_seeds, evaluate, make_env, split_env_config, summarise
+from lrrl.envs.registration import make_env
 from lrrl.outputs import write_json
+from lrrl.rollout import Episode, episode_seeds, jobs_for, run_jobs
+from lrrl.schedulers.greedylr import GREEDYLR_SCHEMA
 from lrrl.schedulers.policy import load_run
 from lrrl.seeding import seed_everything
-
-GREEDYLR_SCHEMA = "lrrl.greedylr/v1"
 
 
 def _usable(episodes: list[Episode]) -> list[Episode]:
@@ -67,7 +68,8 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"run_dir={str(run_dir)!r} is invalid: no such directory")
     try:
         run_cfg, model_path = load_run(run_dir)
-        env_id, env_kwargs = split_env_config(run_cfg["env"])
+        spec = EnvSpec.from_dict(run_cfg["env"])
+        env_id, env_kwargs = spec.id, spec.options
         fit_cfg, check_cfg = config.get("fit") or {}, config.get("check") or {}
         budget = as_int("fit.budget", fit_cfg.get("budget", 20000), 100)
         fit_eps = as_int("fit.episodes_per_instance", fit_cfg.get("episodes_per_instance", 1), 1)
@@ -94,7 +96,7 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
     # 1. open loop: the agent's schedules on the training instances, then the fit.
     start = time.perf_counter()
     fit_runs = episode_seeds(fit_instances, fit_eps, seed + 3)
-    recorded = _usable(evaluate(env, agent, fit_runs))
+    recorded = _usable(run_jobs(env_id, env_kwargs, jobs_for([agent], fit_runs)))
     if not recorded:
         raise ConfigError(f"{run_dir}: every agent episode on the fit instances diverged")
     rollout_s = time.perf_counter() - start
@@ -108,13 +110,15 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
 
     # 2. closed loop on the evaluation instances, with the training run's seeds.
     check_runs = episode_seeds(check_instances, check_eps, seed + 1)
-    default_lr = _tune_default_lr(env, run_eval.get("lr_grid") or [], fit_runs, recorded)
+    default_lr = _tune_default_lr(spec, run_eval.get("lr_grid") or [], fit_runs, recorded)
     controllers = {
         algo: agent,
         "greedylr_distilled": greedylr_controller("greedylr_distilled", fit.params, fit.initial_lr),
         "greedylr_default": greedylr_controller("greedylr_default", {}, default_lr),
     }
-    episodes = {name: evaluate(env, c, check_runs) for name, c in controllers.items()}
+    flat = run_jobs(env_id, env_kwargs, jobs_for(list(controllers.values()), check_runs))
+    k = len(check_runs)
+    episodes = {name: flat[i * k : (i + 1) * k] for i, name in enumerate(controllers)}
     env.close()
     summaries = {name: summarise(eps) for name, eps in episodes.items()}
     L = {name: s["log_loss_ratio"] for name, s in summaries.items()}
@@ -174,7 +178,7 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tune_default_lr(
-    env: Any, lr_grid: list[float], runs: list[tuple[Any, int]], recorded: list[Episode]
+    env: EnvSpec, lr_grid: list[float], runs: list[tuple[Any, int]], recorded: list[Episode]
 ) -> float:
     """Starting lr for GreedyLR's defaults: the best of the run's lr grid on the fit runs.
 
@@ -183,7 +187,8 @@ def _tune_default_lr(
     fallback = float(np.exp(np.mean(np.log(np.concatenate([e.lr for e in recorded])))))
     best, best_score = fallback, math.inf
     for lr in [fallback, *[float(x) for x in lr_grid]]:
-        eps = evaluate(env, greedylr_controller("greedylr_default", {}, lr), runs)
+        controller = greedylr_controller("greedylr_default", {}, lr)
+        eps = run_jobs(env.id, env.options, jobs_for([controller], runs))
         value = float(np.mean([e.log_loss_ratio for e in eps]))
         if value < best_score:
             best, best_score = lr, value
@@ -278,4 +283,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

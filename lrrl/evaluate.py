@@ -4,21 +4,19 @@
     python -m lrrl.evaluate env=nmf schedulers=[constant,cosine,greedylr]
     python -m lrrl.evaluate env=nmf agents=[RUN_A,RUN_B] eval.tuner=optuna eval.tune_budget=20
 
-Baselines are tuned on the training instances (``eval.tune_split``) and every scheduler is
+Baselines are tuned on the tuning instances (``eval.tune_split``) and every scheduler is
 then played on the test instances with the same episode seeds. With ``run_dir`` the run's
-saved env, seed and ``eval`` settings are used, so its end-of-training comparison is
-reproduced; the outputs go to ``RUN_DIR/eval/<time>/`` and never overwrite the run's own.
-The output directory receives ``metrics.json``, ``episodes.csv`` (one row per scheduler x
-instance x seed), ``schedules.png`` (learning rate and loss per decision),
-``intervals.png`` (IQM with bootstrap intervals) and ``schedules/<name>.json``.
+saved env and ``eval`` settings are used, so its end-of-training comparison is reproduced;
+the outputs go to ``RUN_DIR/eval/<time>/`` and never overwrite the run's own. The files are
+those of :mod:`lrrl.outputs` (every scheduler's schedule under ``schedules/``).
 """
 
 from __future__ import annotations
 
-import platform
 import sys
 import zipfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +27,11 @@ from rich.console import Console
 
 from lrrl import report
 from lrrl.cli import ConfigError, check_group_choices, fail
-from lrrl.harness import Comparison, EvalSettings, compare, make_env, split_env_config
-from lrrl.outputs import plot_schedules, schedule_payload, write_json
+from lrrl.comparison import compare
+from lrrl.config import EnvSpec, EvalConfig, check_splits
+from lrrl.envs.base import as_int
+from lrrl.envs.registration import make_env
+from lrrl.outputs import run_info, write_outputs
 from lrrl.seeding import seed_everything
 
 
@@ -71,7 +72,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"run_dir={str(run_dir)!r} is invalid: its config lacks env/agent/eval sections"
         )
-    return config
+    return {str(k): v for k, v in config.items()}
 
 
 def load_run_agent(run_dir: str | Path, name: str | None = None) -> Any:
@@ -94,20 +95,31 @@ def _cli_overrides(overrides: Sequence[str], prefix: str) -> list[str]:
     return keys
 
 
-def plan(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Resolve what to evaluate: env, seed, eval settings, baselines and agent run dirs.
+@dataclass
+class EvaluateConfig:
+    """What ``lrrl.evaluate`` compares: the env, the eval settings and the agents' run dirs."""
 
-    With ``run_dir`` the run's saved env, seed and ``eval`` block replace this config's; eval
-    keys given on the command line (``overrides``) are applied on top.
+    env: EnvSpec
+    eval: EvalConfig
+    agents: list[str]
+    run_dir: str | None
+    torch_threads: int = 1
+    progress_bar: bool = True
+
+
+def plan(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> EvaluateConfig:
+    """Resolve and check what to evaluate (one-line :class:`ConfigError` otherwise).
+
+    With ``run_dir`` the run's saved env and ``eval`` block replace this config's; eval keys
+    given on the command line (``overrides``) are applied on top.
     """
     run_dir = config.get("run_dir")
     agents = [str(p) for p in (config.get("agents") or [])]
     env_cfg = dict(config["env"])
-    seed = config.get("seed", 0)
     ev = dict(config["eval"])
     if run_dir:
         saved = read_run(run_dir)
-        env_cfg, seed = saved["env"], saved.get("seed", 0)
+        env_cfg = saved["env"]
         ev = {**ev, **saved["eval"]}
         for key in _cli_overrides(overrides, "eval."):
             top = key.split(".", 1)[0]
@@ -122,25 +134,17 @@ def plan(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> dict[str, 
             )
     schedulers = config.get("schedulers")
     if schedulers is not None:
-        if isinstance(schedulers, str):
-            schedulers = [schedulers]
-        ev["baselines"] = list(schedulers)
+        ev["baselines"] = [schedulers] if isinstance(schedulers, str) else list(schedulers)
     try:
-        env_id, env_kwargs = split_env_config(env_cfg)
-        make_env(env_id, **env_kwargs).close()
-        settings = EvalSettings.from_config(ev)
-        seed = int(seed)
+        env = EnvSpec.from_dict(env_cfg)
+        settings = EvalConfig.from_dict(ev)
+        check_splits(env, settings)
+        threads = as_int("torch_threads", config.get("torch_threads", 1), 1)
     except (ValueError, TypeError) as err:
-        raise ConfigError(str(err)) from None
-    return {
-        "env_id": env_id,
-        "env_kwargs": env_kwargs,
-        "env_name": env_cfg.get("name", env_id),
-        "seed": seed,
-        "settings": settings,
-        "agents": agents,
-        "run_dir": run_dir,
-    }
+        raise ConfigError(str(err).strip().splitlines()[0]) from None
+    return EvaluateConfig(
+        env, settings, agents, run_dir, threads, bool(config.get("progress_bar", True))
+    )
 
 
 def _agent_names(paths: Sequence[str]) -> dict[str, str]:
@@ -153,39 +157,6 @@ def _agent_names(paths: Sequence[str]) -> dict[str, str]:
     return names
 
 
-def metrics_document(
-    comparison: Comparison,
-    env_id: str,
-    seed: int,
-    subject: str,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``metrics.json`` of an evaluation (the keys ``lrrl.train`` writes, plus more)."""
-    summaries = comparison.summaries
-    ref = summaries[subject]
-    return {
-        "objective": ref["log_loss_ratio"],
-        "objective_name": f"mean log(loss_T/loss_0) of {subject} on the {comparison.split} instances",
-        "env_id": env_id,
-        "seed": seed,
-        "split": comparison.split,
-        "subject": subject,
-        "schedulers": comparison.schedulers(),
-        "wins": {
-            name: ref["log_loss_ratio"] < s["log_loss_ratio"]
-            for name, s in summaries.items()
-            if name != subject
-        },
-        "win_rate": {name: s["win_rate"] for name, s in summaries.items()},
-        "probability_of_improvement": {
-            name: s["probability_of_improvement"] for name, s in summaries.items()
-        },
-        "skipped": comparison.skipped,
-        "reference_loss": comparison.references,
-        **dict(extra or {}),
-    }
-
-
 def run_evaluation(
     config: Mapping[str, Any],
     out_dir: str | Path,
@@ -194,62 +165,37 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate as ``config`` says and write the outputs into ``out_dir``; returns the metrics."""
     p = plan(config, overrides)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(p["seed"], int(config.get("torch_threads", 1)))
+    seed_everything(p.eval.seed, p.torch_threads)
     console = Console(stderr=True)
-    agents = {name: load_run_agent(path, name) for name, path in _agent_names(p["agents"]).items()}
-    settings: EvalSettings = p["settings"]
+    names = _agent_names(p.agents)
+    agents = {name: load_run_agent(path, name) for name, path in names.items()}
     comparison = compare(
-        p["env_id"],
-        p["env_kwargs"],
-        settings,
-        p["seed"],
-        agents=agents,
-        log=console.log,
-        show_progress=bool(config.get("progress_bar", True)),
+        p.env, p.eval, agents=agents, log=console.log, show_progress=p.progress_bar
     )
     if not comparison.episodes:
         raise ConfigError(
             "nothing to evaluate: every scheduler was skipped "
             f"({'; '.join(comparison.skipped.values())})"
         )
-    subject = next(iter(comparison.episodes))
-    Console().print(report.table(comparison.schedulers(), comparison.details, settings.split))
-
-    probe = make_env(p["env_id"], **p["env_kwargs"])
-    env_config = probe.unwrapped.config()
+    Console().print(
+        report.table(comparison.summaries, comparison.details, p.eval.split, comparison.subject)
+    )
+    probe = make_env(p.env.id, **p.env.options)
     steps_per_action = probe.unwrapped.steps_per_action
     probe.close()
-    for name, eps in comparison.episodes.items():
-        payload = schedule_payload(eps, p["env_id"], env_config, p["seed"], steps_per_action)
-        write_json(out_dir / "schedules" / f"{name}.json", payload)
-    report.write_csv(out_dir / "episodes.csv", comparison.episodes, comparison.references)
-    first = {name: eps[0] for name, eps in comparison.episodes.items()}
-    plot_schedules(
-        out_dir / "schedules.png",
-        first,
-        f"{p['env_id']} · {first[subject].instance} · seed {first[subject].seed}",
-    )
-    report.plot_intervals(
-        out_dir / "intervals.png",
-        comparison.summaries,
-        f"{p['env_id']} · {settings.split} instances · {len(comparison.episodes[subject])} "
-        "episodes per scheduler",
-    )
-    metrics = metrics_document(
+    metrics = write_outputs(
+        Path(out_dir),
         comparison,
-        p["env_id"],
-        p["seed"],
-        subject,
-        {
-            "source_run": str(p["run_dir"]) if p["run_dir"] else None,
-            "agents": dict(_agent_names(p["agents"])),
-            "eval": {k: v for k, v in vars(settings).items()},
-            "run": {"argv": list(argv or []), "python": platform.python_version()},
+        p.env,
+        p.eval.seed,
+        steps_per_action,
+        extra={
+            "source_run": str(p.run_dir) if p.run_dir else None,
+            "agents": names,
+            "eval": p.eval.to_dict(),
+            "run": run_info(argv),
         },
     )
-    write_json(out_dir / "metrics.json", metrics)
     console.log(f"outputs in {out_dir}")
     return metrics
 

@@ -1,6 +1,8 @@
-"""How a comparison is shown: the terminal table, the per-episode CSV, the interval plot.
+"""How a comparison is read: the headline figures, the terminal table, the CSV, the plot.
 
-Shared by ``lrrl.train`` (its end-of-run comparison) and ``lrrl.evaluate``.
+Shared by ``lrrl.train`` (its end-of-run comparison), ``lrrl.evaluate`` and the sweep report
+(``experiments/report.py``). Ratios are the subject's final loss over the other's
+(geometric mean over paired episodes): below 1 the subject is better.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import numpy as np
 from rich.table import Table
 
 from lrrl import stats
-from lrrl.agents.baselines import GRIDS, SPACES
-from lrrl.harness import Episode
+from lrrl.agents.baselines import BASELINES
+from lrrl.rollout import Episode
 
 #: Columns of the per-episode CSV, one row per scheduler x instance x episode seed.
 CSV_COLUMNS = (
     "scheduler",
+    "family",
     "instance",
     "seed",
     "loss_0",
@@ -28,10 +31,83 @@ CSV_COLUMNS = (
     "log_loss_ratio",
     "gap",
     "diverged",
+    "spikes",
+    "lr_jitter",
     "clip_rate",
     "mean_lr",
     "final_lr",
 )
+
+
+def tuned_baselines(summaries: Mapping[str, Any], subject: str | None) -> list[str]:
+    """Tuned baselines under the env's own clip (not unclipped, not hindsight references)."""
+    return [n for n in summaries if n != subject and n in BASELINES]
+
+
+def unclipped_baselines(summaries: Mapping[str, Any]) -> list[str]:
+    return [n for n in summaries if n.endswith("@unclipped")]  # lrrl.comparison.UNCLIPPED
+
+
+def best_of(summaries: Mapping[str, Any], names: Sequence[str]) -> str | None:
+    """The scheduler among ``names`` with the lowest mean score."""
+    return min(names, key=lambda n: summaries[n]["log_loss_ratio"], default=None)
+
+
+def headline(summaries: Mapping[str, Mapping[str, Any]], subject: str | None) -> dict[str, Any]:
+    """The figures a reader looks for first: the subject against the best tuned heuristic,
+    ``follow_bound``, the best unclipped schedule, and the headroom it captured per family."""
+    if subject is None or subject not in summaries:
+        return {}
+    out: dict[str, Any] = {"subject": subject}
+
+    def against(name: str | None) -> dict[str, Any] | None:
+        if name is None or "vs_subject" not in summaries[name]:
+            return None
+        vs = summaries[name]["vs_subject"]
+        return {
+            "name": name,
+            "ratio": vs["ratio"],
+            "ratio_ci": vs["ratio_ci"],
+            "probability_of_improvement": vs["probability_of_improvement"],
+            "probability_of_improvement_ci": vs["probability_of_improvement_ci"],
+            "families": {f: v["ratio"] for f, v in vs.get("families", {}).items()},
+            "families_ci": {f: v["ratio_ci"] for f, v in vs.get("families", {}).items()},
+            "spikes_per_episode": summaries[name]["spikes_per_episode"],
+        }
+
+    best = best_of(summaries, tuned_baselines(summaries, subject))
+    out["best_baseline"] = against(best)
+    out["follow_bound"] = against("follow_bound" if "follow_bound" in summaries else None)
+    out["best_unclipped"] = against(best_of(summaries, unclipped_baselines(summaries)))
+    out["spikes_per_episode"] = summaries[subject]["spikes_per_episode"]
+    out["lr_jitter"] = summaries[subject]["lr_jitter"]
+    out["divergence_rate"] = summaries[subject]["divergence_rate"]
+    hind = [n for n in summaries if n.startswith("hindsight_")]
+    if best is not None and hind:
+        out["headroom"] = headroom(summaries, subject, best, hind)
+    return out
+
+
+def headroom(
+    summaries: Mapping[str, Mapping[str, Any]], subject: str, best: str, hindsight: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Per family: how much the per-episode hindsight reference beats the best tuned
+    heuristic (``hindsight/best``, geometric mean) and the share of that the subject captured
+    (``log(subject/best) / log(hindsight/best)``; 1 = all of it, < 0 = worse than ``best``)."""
+    vs_best = summaries[best]["vs_subject"]["families"]
+    out = {}
+    for family, sb in vs_best.items():
+        # subject/hindsight for each hindsight family; the best reference per family
+        sh = min(summaries[h]["vs_subject"]["families"][family]["ratio"] for h in hindsight)
+        subject_best = sb["ratio"]
+        hind_best = subject_best / sh
+        gain = math.log(hind_best)
+        out[family] = {
+            "hindsight_over_best": hind_best,
+            "subject_over_best": subject_best,
+            "captured": math.log(subject_best) / gain if gain < 0 else math.nan,
+        }
+    return out
 
 
 def _num(value: Any, fmt: str = ".3g") -> str:
@@ -43,7 +119,7 @@ def _num(value: Any, fmt: str = ".3g") -> str:
 def _interval(point: Any, ci: Sequence[float] | None, fmt: str = ".3g") -> str:
     if ci is None:
         return _num(point, fmt)
-    return f"{_num(point, fmt)}\n[{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
+    return f"{_num(point, fmt)} [{_num(ci[0], fmt)}, {_num(ci[1], fmt)}]"
 
 
 def table(
@@ -52,31 +128,18 @@ def table(
     split: str,
     subject: str | None = None,
 ) -> Table:
-    """The comparison as a rich table, best mean ``log(loss_T/loss_0)`` first.
+    """The comparison as a rich table, best mean score first.
 
-    Columns: the mean and the IQM of ``log(loss_T/loss_0)`` over instances x episode seeds,
-    the IQM optimality gap (NMF), the subject's paired win rate against each row, the
-    divergence rate and the tuned parameters. Intervals are percentile-bootstrap intervals
-    where the summaries carry them; ``subject``
-    (the trained agent, by default the first scheduler) is the one every row's paired win
-    rate is measured against.
+    Columns: mean ``log(loss_T/loss_0)`` with its interval; the subject's final-loss ratio to
+    the row (below 1: the subject is better) and its probability of improvement, both with
+    intervals; loss spikes per episode; learning-rate jitter; divergence rate; tuned params.
     """
-    names = list(summaries)
-    subject = subject if subject in summaries else (names[0] if names else None)
     confidence = next((s["confidence"] for s in summaries.values() if "confidence" in s), 0.95)
-    has_gap = any(summaries[n].get("gap") is not None for n in names)
-    t = Table(
-        title=f"{split} instances: log(loss_T/loss_0), lower is better [{confidence:.0%} CI]",
-        caption="gap: (loss_T - loss*) / (loss_0 - loss*) against scikit-learn's batch NMF"
-        if has_gap
-        else None,
-    )
-    columns = ["scheduler", "mean", "IQM"]
-    if has_gap:
-        columns.append("gap IQM")
-    if subject is not None and len(names) > 1:
-        columns.append(f"{subject} wins")
-    columns += ["div.", "params"]
+    t = Table(title=f"{split} instances: log(loss_T/loss_0), lower is better [{confidence:.0%} CI]")
+    columns = ["scheduler", "mean"]
+    if subject is not None and len(summaries) > 1:
+        columns += [f"{subject}/row", f"P({subject} better)"]
+    columns += ["spikes/ep", "|Δlog lr|", "div.", "params"]
     for column in columns:
         t.add_column(
             column,
@@ -87,20 +150,28 @@ def table(
     best = min((s["log_loss_ratio"] for s in summaries.values()), default=math.nan)
     for name, s in sorted(summaries.items(), key=lambda kv: kv[1]["log_loss_ratio"]):
         params = _tuned(details.get(name, {}).get("params") or {})
-        shown = "\n".join(
+        shown = " ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
         )
-        row = [
-            name,
-            _interval(s["log_loss_ratio"], s.get("log_loss_ratio_ci"), ".2f"),
-            _interval(s.get("log_loss_ratio_iqm"), s.get("log_loss_ratio_iqm_ci"), ".2f"),
+        row = [name, _interval(s["log_loss_ratio"], s.get("log_loss_ratio_ci"), ".2f")]
+        if subject is not None and len(summaries) > 1:
+            vs = s.get("vs_subject") or {}
+            row.append(_interval(vs.get("ratio"), vs.get("ratio_ci"), ".2f") if vs else "")
+            row.append(
+                _interval(
+                    vs.get("probability_of_improvement"),
+                    vs.get("probability_of_improvement_ci"),
+                    ".2f",
+                )
+                if vs
+                else ""
+            )
+        row += [
+            f"{s['spikes_per_episode']:.2f}",
+            f"{s['lr_jitter']:.2f}",
+            f"{s['divergence_rate']:.0%}",
+            shown,
         ]
-        if has_gap:
-            row.append(_interval(s.get("gap_iqm"), s.get("gap_iqm_ci"), ".2f"))
-        if subject is not None and len(names) > 1:
-            rate = summaries[subject].get("win_rate", {}).get(name)
-            row.append("" if name == subject else _num(rate, ".0%"))
-        row += [f"{s['divergence_rate']:.0%}", shown]
         t.add_row(*row, style="bold green" if s["log_loss_ratio"] == best else None)
     return t
 
@@ -124,6 +195,7 @@ def write_csv(
                 writer.writerow(
                     [
                         name,
+                        e.family,
                         e.instance,
                         e.seed,
                         repr(e.loss_0),
@@ -131,6 +203,8 @@ def write_csv(
                         repr(e.log_loss_ratio),
                         repr(gap) if gap != "" else "",
                         int(e.diverged),
+                        e.spikes,
+                        repr(e.lr_jitter),
                         repr(e.clip_rate),
                         repr(float(np.mean(e.lr))) if e.lr else "",
                         repr(e.lr[-1]) if e.lr else "",
@@ -139,33 +213,29 @@ def write_csv(
     return path
 
 
-def plot_intervals(
-    path: str | Path, summaries: Mapping[str, Mapping[str, Any]], title: str
+def plot_ratios(
+    path: str | Path, summaries: Mapping[str, Mapping[str, Any]], subject: str, title: str
 ) -> Path:
-    """Per scheduler: IQM of ``log(loss_T/loss_0)`` and, where known, of the gap, with CIs."""
+    """The subject's final-loss ratio to every other scheduler with its interval (log axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("log_loss_ratio", "log(loss_T / loss_0)")]
-    if any(s.get("gap_iqm") is not None for s in summaries.values()):
-        panels.append(("gap", "optimality gap to sklearn NMF"))
-    order = sorted(summaries, key=lambda n: -summaries[n]["log_loss_ratio"])
-    fig, axes = plt.subplots(
-        1, len(panels), figsize=(5.5 * len(panels), 0.45 * len(order) + 1.6), squeeze=False
-    )
-    for ax, (key, label) in zip(axes[0], panels, strict=True):
-        y = np.arange(len(order))
-        point = np.array([_finite(summaries[n].get(f"{key}_iqm")) for n in order])
-        ci = np.array([summaries[n].get(f"{key}_iqm_ci") or [math.nan] * 2 for n in order])
-        ci = np.where(np.isfinite(ci), ci, np.nan).astype(float)
+    names = [n for n in summaries if n != subject and "vs_subject" in summaries[n]]
+    names.sort(key=lambda n: summaries[n]["vs_subject"]["ratio"])
+    fig, ax = plt.subplots(figsize=(6.5, 0.4 * max(len(names), 1) + 1.6))
+    y = np.arange(len(names))
+    point = np.array([summaries[n]["vs_subject"]["ratio"] for n in names], dtype=float)
+    ci = np.array([summaries[n]["vs_subject"]["ratio_ci"] for n in names], dtype=float)
+    if names:
         err = np.abs(np.stack([point - ci[:, 0], ci[:, 1] - point]))
-        ax.errorbar(point, y, xerr=np.nan_to_num(err), fmt="o", color="C0", capsize=3)
-        ax.set_yticks(y, order)
-        ax.set(xlabel=f"IQM {label} (95% CI)", title=label)
-        ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+        ax.errorbar(point, y, xerr=err, fmt="o", color="C0", capsize=3)
+    ax.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_yticks(y, names)
+    ax.set(xlabel=f"final loss: {subject} / scheduler (geometric mean, 95% CI)", title=title)
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -178,9 +248,6 @@ def _tuned(params: Mapping[str, Any]) -> dict[str, Any]:
     kind = params.get("kind")
     if kind == "agent":
         return {k: v for k, v in params.items() if k == "algo"}
-    keys = {"lr", *GRIDS.get(kind, {}), *SPACES.get(kind, {})}
-    return {k: v for k, v in params.items() if k in keys}
-
-
-def _finite(value: Any) -> float:
-    return float(value) if value is not None and math.isfinite(value) else math.nan
+    if kind in ("reference", "hindsight"):
+        return {k: v for k, v in params.items() if k != "kind"}
+    return {k: v for k, v in params.items() if k not in ("kind", "factory")}

@@ -1,19 +1,24 @@
-"""Experiment tracking: Weights & Biases (offline by default) or nothing.
+"""Experiment tracking: Weights & Biases (offline by default), TensorBoard, or nothing.
 
-Trackers are plain objects with ``log(metrics, step)``, ``summary(metrics)`` and
-``finish()``; :class:`TrackingCallback` is the one place SB3 training reports through.
+Trackers are plain objects with ``log(metrics, step)``, ``summary(metrics)``,
+``image(key, path)`` and ``finish()``; :class:`TrackingCallback` is the one place SB3
+training reports through. :func:`make_tracker` builds the one a ``conf/logger/*.yaml`` names.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
 
 WANDB_MODES = ("offline", "online", "disabled")
+#: The ``logger=`` choices (``conf/logger/<name>.yaml``).
+LOGGERS = ("none", "tensorboard", "wandb")
 
 
 class Tracker(Protocol):
@@ -21,7 +26,16 @@ class Tracker(Protocol):
 
     def summary(self, metrics: dict[str, Any]) -> None: ...
 
+    def image(self, key: str, path: str | Path) -> None: ...
+
     def finish(self) -> None: ...
+
+
+def _image_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image path={str(path)!r} is invalid: expected an existing image file")
+    return path
 
 
 class NullTracker:
@@ -33,15 +47,36 @@ class NullTracker:
     def summary(self, metrics: dict[str, Any]) -> None:
         pass
 
+    def image(self, key: str, path: str | Path) -> None:
+        pass
+
     def finish(self) -> None:
         pass
+
+
+def sweep_group() -> str | None:
+    """The sweep dir of the Hydra job running this process under ``-m``, else ``None``.
+
+    Every job of one sweep (also across joblib/submitit workers, which share the resolved
+    ``hydra.sweep.dir``) gets the same value, so it groups a sweep's runs in wandb.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return str(hydra_cfg.sweep.dir)
 
 
 class WandbTracker:
     """One wandb run per job, with the resolved config attached.
 
     The ``WANDB_MODE`` environment variable, when set, wins over the configured ``mode``, so
-    ``WANDB_MODE=disabled`` silences every run (as the tests do).
+    ``WANDB_MODE=disabled`` silences every run (as the tests do). ``group=None`` puts the
+    jobs of one Hydra sweep in one group (:func:`sweep_group`); a single run has none.
     """
 
     def __init__(
@@ -60,14 +95,15 @@ class WandbTracker:
         mode = os.environ.get("WANDB_MODE", mode)
         if mode not in WANDB_MODES:
             raise ValueError(f"logger.mode={mode!r} is invalid: expected one of {WANDB_MODES}")
+        self._wandb = wandb
         self._run = wandb.init(
             project=project,
             entity=entity,
-            group=group,
+            group=group if group is not None else sweep_group(),
             tags=list(tags or []),
             name=name,
             dir=run_dir,
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # checked against WANDB_MODES above
             config=config,
             reinit="finish_previous",
         )
@@ -79,8 +115,64 @@ class WandbTracker:
         for key, value in metrics.items():
             self._run.summary[key] = value
 
+    def image(self, key: str, path: str | Path) -> None:
+        """Log a PNG (a plot the run wrote) under ``key``, at the current step."""
+        self._run.log({key: self._wandb.Image(str(_image_file(path)))})
+
     def finish(self) -> None:
         self._run.finish()
+
+
+class TensorBoardTracker:
+    """TensorBoard event files in ``RUN_DIR/<subdir>`` (``logger=tensorboard``), no wandb needed.
+
+    Metrics are scalars; a ``log`` without ``step`` continues one step after the last, as
+    wandb's own counter does. The config is written once as text (``config``), ``summary``
+    values as scalars at the last step, images as RGB(A) images. View with
+    ``tensorboard --logdir RUN_DIR`` (or the sweep dir, to see every job of a sweep).
+    """
+
+    def __init__(
+        self, run_dir: str, config: dict[str, Any], name: str, subdir: str = "tensorboard"
+    ) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ImportError(
+                "logger=tensorboard needs the tensorboard package: pip install 'lrrl[tensorboard]'"
+            ) from None
+        self.log_dir = Path(run_dir) / subdir
+        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+        self._step = 0
+        # Markdown code block: TensorBoard's text plugin renders the JSON as written.
+        text = json.dumps({"name": name, "config": config}, indent=2, default=str)
+        self._writer.add_text("config", f"```\n{text}\n```", global_step=0)
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        step = self._step if step is None else int(step)
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, _number(key, value), global_step=step)
+        self._step = step + 1
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, _number(key, value), global_step=self._step)
+
+    def image(self, key: str, path: str | Path) -> None:
+        """Log a PNG (a plot the run wrote) under ``key``, at the current step."""
+        import matplotlib.image
+
+        pixels = matplotlib.image.imread(_image_file(path))  # float in [0, 1], H x W x 3 or 4
+        self._writer.add_image(key, pixels, global_step=self._step, dataformats="HWC")
+
+    def finish(self) -> None:
+        self._writer.close()
+
+
+def _number(key: str, value: Any) -> float:
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    raise ValueError(f"metric {key}={value!r} is invalid: TensorBoard logs numbers only")
 
 
 def make_tracker(
@@ -88,12 +180,14 @@ def make_tracker(
 ) -> Tracker:
     """Build the tracker a ``conf/logger/*.yaml`` asks for."""
     kind = logger_cfg.get("name", "none")
+    options = {k: v for k, v in logger_cfg.items() if k != "name"}
     if kind == "none":
         return NullTracker()
     if kind == "wandb":
-        options = {k: v for k, v in logger_cfg.items() if k != "name"}
         return WandbTracker(run_dir, config, name, **options)
-    raise ValueError(f"logger={kind!r} is invalid: expected one of ['none', 'wandb']")
+    if kind == "tensorboard":
+        return TensorBoardTracker(run_dir, config, name, **options)
+    raise ValueError(f"logger={kind!r} is invalid: expected one of {list(LOGGERS)}")
 
 
 class TrackingCallback(BaseCallback):

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config as config
 from omegaconf import OmegaConf
-from test_train import config
 
 from lrrl import checkpoint
 from lrrl.pipeline import run_experiment

@@ -16,9 +16,11 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from lrrl.agents.greedylr_fit import fit_greedylr, greedylr_controller, schedule_lrs
+from lrrl.config import EnvSpec
 from lrrl.distill import distill
-from lrrl.harness import make_env, rollout, split_env_config
+from lrrl.envs.registration import make_env
 from lrrl.pipeline import run_experiment
+from lrrl.rollout import Job, play
 from lrrl.schedule import load_schedule
 from lrrl.schedulers import GreedyLR, greedylr_reference
 
@@ -83,12 +85,13 @@ def test_controller_plays_what_the_fit_replays(distilled: tuple[Path, dict[str, 
     run_dir, _ = distilled
     spec = json.loads((run_dir / "greedylr.json").read_text())
     config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    env_id, kwargs = split_env_config(config["env"])  # type: ignore[index]
+    env_spec = EnvSpec.from_dict(config["env"])  # type: ignore[index]
+    env_id, kwargs = env_spec.id, env_spec.options
     env = make_env(env_id, **kwargs)
     ctrl = greedylr_controller("g", spec["params"], spec["initial_lr"])
-    ep = rollout(env, ctrl, env.unwrapped.instances("test")[0], seed=5)
+    ep = play(env, Job(ctrl, env.unwrapped.instances("test")[0], 5))
     requested = schedule_lrs(ep.loss, len(ep.lr), spec["initial_lr"], **spec["params"])[0]
-    clip = np.array(ep.lr_bound) * env.unwrapped.bound_scale
+    clip = np.array(ep.lr_bound) * env.unwrapped.cfg.bound_scale
     assert np.allclose(ep.lr, np.minimum(requested, clip), rtol=1e-12)
     env.close()
     schedule = load_schedule(run_dir / "schedule.json")

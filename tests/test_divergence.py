@@ -13,24 +13,22 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import SMALL_NMF
+from conftest import tiny_config as config
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_train import config
 
-import lrrl  # noqa: F401
 from lrrl.envs import nmf_ops
 from lrrl.envs.nmf_instances import NMFInstance
 from lrrl.pipeline import run_experiment
 from lrrl.schedule import load_schedule
 
-SMALL = dict(shape=(30, 24), rank=4, steps_per_action=3, horizon=6)
 #: Log-learning-rate actions far beyond any stable learning rate, with clipping disabled.
 EXPLODING = dict(bound="none", action_mode="log_lr", lr_range=(1e9, 1e12))
 
 
 def make(**kwargs) -> gym.Env:
-    kwargs = {**SMALL, **kwargs}
-    return gym.make("lrrl/NMF-v0", max_episode_steps=kwargs["horizon"], **kwargs)
+    return gym.make("lrrl/NMF-v0", **{**SMALL_NMF, **kwargs})
 
 
 def assert_diverged(step: tuple) -> None:
@@ -167,4 +165,4 @@ def test_request_lr_accepts_positive_finite_values_only(lr):
         return
     u.request_lr(lr)
     _, _, _, _, info = env.step(np.zeros(1, np.float32))
-    assert info["lr"] == pytest.approx(min(float(lr), info["lr_bound"] * u.bound_scale))
+    assert info["lr"] == pytest.approx(min(float(lr), info["lr_bound"] * u.cfg.bound_scale))

@@ -13,6 +13,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import lrrl  # noqa: F401
+from lrrl.comparison import compare
+from lrrl.config import EnvSpec, EvalConfig
 from lrrl.envs.base import INFO_KEYS
 from lrrl.envs.dnn import DNNEnv
 from lrrl.envs.dnn_models import DEFAULT_LR_RANGES, OPTIMIZERS, mlp, top_hessian_eigenvalue
@@ -26,7 +28,7 @@ from lrrl.envs.dnn_tasks import (
     text_files,
     text_pool_of,
 )
-from lrrl.harness import EvalSettings, compare, env_options, make_env, split_env_config
+from lrrl.envs.registration import env_options, make_env
 
 #: A cheap env: one inner step per decision, short episodes.
 SMALL = {"steps_per_action": 1, "horizon": 6, "batch_sizes": [16]}
@@ -263,7 +265,8 @@ def test_default_config_has_a_suite_that_can_carry_a_claim():
 
     with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=["env=dnn"])
-    env_id, kwargs = split_env_config(OmegaConf.to_container(cfg.env, resolve=True))
+    spec = EnvSpec.from_dict(OmegaConf.to_container(cfg.env, resolve=True))
+    env_id, kwargs = spec.id, spec.options
     u = make_env(env_id, **kwargs).unwrapped
     assert len(u.instances("test")) >= 32 and len(u.instances("heldout")) >= 32
     assert {"sgd", "adam"} <= {i.optimizer for i in u.instances("test")}
@@ -276,7 +279,8 @@ def test_env_presets_name_every_constructor_argument(preset):
 
     with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"env={preset}"])
-    env_id, kwargs = split_env_config(OmegaConf.to_container(cfg.env, resolve=True))
+    spec = EnvSpec.from_dict(OmegaConf.to_container(cfg.env, resolve=True))
+    env_id, kwargs = spec.id, spec.options
     assert env_id == "lrrl/DNN-v0" and sorted(kwargs) == sorted(env_options(env_id))
     u = make_env(env_id, **kwargs).unwrapped
     assert u.config() == kwargs  # the config rebuilds the same env
@@ -445,26 +449,21 @@ def test_bound_stays_positive_and_finite_along_training():
 
 
 def test_references_are_skipped_on_envs_without_an_optimizer_option():
-    settings = EvalSettings.from_config(
-        {"references": ["prodigy"], "episodes_per_instance": 1, "baselines": []}
+    settings = EvalConfig.from_dict(
+        {"references": ["prodigy"], "episodes_per_instance": 1, "baselines": [], "unclipped": []}
     )
     logged = []
-    result = compare(
-        "lrrl/NMF-v0",
-        {"shape": [20, 16], "rank": 3, "horizon": 2, "steps_per_action": 1, "suite": "synthetic"},
-        settings,
-        seed=0,
-        baselines=[],
-        log=logged.append,
-    )
+    nmf = {"shape": [20, 16], "rank": 3, "horizon": 2, "steps_per_action": 1}
+    env = EnvSpec.from_dict({"id": "lrrl/NMF-v0", **nmf, "families": ["base"], "n_test": 1})
+    result = compare(env, settings, log=logged.append)
     assert "prodigy" in result.skipped and "prodigy" not in result.episodes
     assert any("prodigy skipped" in line for line in logged)
     with pytest.raises(ValueError, match="eval.references"):
-        EvalSettings.from_config({"references": ["adagrad"]})
+        EvalConfig.from_dict({"references": ["adagrad"]})
 
 
 def test_references_run_on_the_same_instances_and_seeds():
-    settings = EvalSettings.from_config(
+    settings = EvalConfig.from_dict(
         {
             "references": ["schedulefree_adamw", "prodigy"],
             "episodes_per_instance": 1,
@@ -473,7 +472,8 @@ def test_references_run_on_the_same_instances_and_seeds():
             "reference": True,
         }
     )
-    result = compare("lrrl/DNN-v0", {**SMALL, "n_test": 1}, settings, seed=0)
+    env = EnvSpec.from_dict({"id": "lrrl/DNN-v0", **SMALL, "n_test": 1})
+    result = compare(env, settings, log=str)
     assert set(result.episodes) == {"cosine", "schedulefree_adamw", "prodigy"}
     keys = {n: [(e.instance, e.seed) for e in eps] for n, eps in result.episodes.items()}
     assert keys["prodigy"] == keys["cosine"] == keys["schedulefree_adamw"]
@@ -501,8 +501,9 @@ def test_smoke_run_end_to_end(tmp_path):
     expected |= {"schedulefree_sgd", "schedulefree_adamw", "prodigy"}
     assert expected <= set(metrics["schedulers"])
     assert "follow_bound" not in metrics["schedulers"]  # no bound by default
+    assert "constant@unclipped" not in metrics["schedulers"]  # no clip to remove
     assert metrics["schedulers"]["cosine"]["tuned_on"] == "train"
     for summary in metrics["schedulers"].values():
-        assert summary["final_loss"] > 0 and summary["gap"] is None
+        assert summary["final_loss"] > 0 and "gap_iqm" not in summary
     schedule = json.loads((tmp_path / "schedule.json").read_text())
     assert schedule["steps_per_action"] == 2 and len(schedule["lr"]) == 8

@@ -53,8 +53,8 @@ def assert_two_complete_runs(sweep: Path) -> None:
     assert seeds == [0, 1]  # one run per job, none overwriting another
 
 
-def test_joblib_sweep_runs_jobs_in_parallel_into_separate_dirs(tmp_path):
-    done, sweep = run_sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+def test_joblib_preset_runs_jobs_in_parallel_into_separate_dirs(tmp_path):
+    done, sweep = run_sweep(tmp_path, "hydra/launcher=lrrl_joblib", "hydra.launcher.n_jobs=2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Joblib.Parallel(n_jobs=2" in done.stdout + done.stderr  # joblib launched them
     assert_two_complete_runs(sweep)
@@ -70,32 +70,29 @@ def test_submitit_local_sweep(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("launcher", "target"),
+    ("launcher", "target", "key"),
     [
-        ("lrrl_joblib", "JoblibLauncher"),
-        ("lrrl_slurm", "SlurmLauncher"),
-        ("lrrl_submitit_local", "LocalLauncher"),
-        ("lrrl_ray", "RayLauncher"),
+        ("lrrl_slurm", "SlurmLauncher", "timeout_min"),
+        ("lrrl_submitit_local", "LocalLauncher", "timeout_min"),
+        ("lrrl_joblib", "JoblibLauncher", "n_jobs"),
     ],
 )
-def test_presets_compose_and_take_overrides(launcher, target):
-    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[f"hydra/launcher={launcher}"]
-            + (
-                ["hydra.launcher.timeout_min=7"]
-                if "submitit" in launcher or "slurm" in launcher
-                else []
-            ),
-            return_hydra_config=True,
-        )
-    assert cfg.hydra.launcher._target_.endswith(target)
-    if launcher == "lrrl_slurm":
-        assert cfg.hydra.launcher.timeout_min == 7
-        assert cfg.hydra.launcher.cpus_per_task == 2
-    if launcher == "lrrl_joblib":
-        assert cfg.hydra.launcher.backend == "loky"
+def test_presets_extend_the_plugins_typed_configs(launcher, target, key):
+    """A preset extends its plugin's schema: the plugin's keys take overrides, others fail."""
+    from hydra.errors import ConfigCompositionException
+
+    def compose_with(*overrides: str):
+        with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+            return compose(
+                config_name="train",
+                overrides=[f"hydra/launcher={launcher}", *overrides],
+                return_hydra_config=True,
+            )
+
+    cfg = compose_with(f"hydra.launcher.{key}=7")
+    assert cfg.hydra.launcher._target_.endswith(target) and cfg.hydra.launcher[key] == 7
+    with pytest.raises(ConfigCompositionException):
+        compose_with("hydra.launcher.no_such_option=1")
 
 
 def test_missing_launcher_plugin_is_a_one_line_error(tmp_path):

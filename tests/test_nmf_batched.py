@@ -7,33 +7,26 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
+from conftest import SMALL_NMF, tiny_config
 
-import lrrl  # noqa: F401
 from lrrl.agents.vec import BatchedVecEnv, make_training_vec_env, resolve_vec_env
 from lrrl.cli import ConfigError
 from lrrl.envs.nmf_batched import BatchedNMFEnv, make_batched
-from lrrl.harness import make_env, split_env_config
 from lrrl.pipeline import run_experiment, validate
 
-SMALL = dict(shape=(30, 24), rank=4, steps_per_action=3, horizon=5)
-KEYS = ("lr", "lr_bound", "loss")
+#: Families that differ in shape, rank, minibatch size, gradient noise and horizon, so one
+#: batch mixes all of them.
+MIXED = {
+    **SMALL_NMF,
+    "families": ("base", "rank", "exact", "grad_noise", "horizon", "digits"),
+    "n_train": 3,
+}
 
 
-def test_make_vec_returns_the_batched_env():
-    venv = gym.make_vec("lrrl/NMF-v0", num_envs=3, vectorization_mode="vector_entry_point", **SMALL)
-    assert isinstance(venv, BatchedNMFEnv)
-    obs, info = venv.reset(seed=0)
-    assert obs.shape == (3, 8) and venv.observation_space.contains(obs)
-    assert info["loss"].shape == (3,) and info["_loss"].all()
-    assert venv.action_space.shape == (3, 1)
-
-
-def _compare_with_singles(kwargs, seed, steps, actions_fn, B=4, atol_obs=1e-5, rtol=1e-7):
+def _compare_with_singles(kwargs, seed, steps, actions_fn, B=6, atol_obs=1e-5, rtol=1e-7):
     """Step a batched env and ``B`` single envs side by side, autoresets included."""
     venv = make_batched(B, **kwargs)
-    singles = [make_env("lrrl/NMF-v0", **kwargs) for _ in range(B)]
+    singles = [gym.make("lrrl/NMF-v0", **kwargs) for _ in range(B)]
     obs, info = venv.reset(seed=seed)
     for i, env in enumerate(singles):
         o, si = env.reset(seed=seed + i)
@@ -42,6 +35,7 @@ def _compare_with_singles(kwargs, seed, steps, actions_fn, B=4, atol_obs=1e-5, r
         assert info["loss"][i] == pytest.approx(si["loss"], rel=rtol)
     done = np.zeros(B, dtype=bool)
     ends = 0
+    seen = set(info["instance"])
     for t in range(steps):
         actions = actions_fn(t, B)
         obs, rewards, term, trunc, info = venv.step(actions)
@@ -62,36 +56,50 @@ def _compare_with_singles(kwargs, seed, steps, actions_fn, B=4, atol_obs=1e-5, r
             assert info["loss"][i] == pytest.approx(si["loss"], rel=rtol)
             assert info["instance"][i] == si["instance"]
             assert (term[i], trunc[i]) == (te, tr)
+        seen |= set(info["instance"])
         done = term | trunc
         ends += int(done.sum())
-    return ends, info
+    return ends, seen
+
+
+def test_make_vec_returns_the_batched_env():
+    venv = gym.make_vec(
+        "lrrl/NMF-v0", num_envs=3, vectorization_mode="vector_entry_point", **SMALL_NMF
+    )
+    assert isinstance(venv, BatchedNMFEnv)
+    obs, info = venv.reset(seed=0)
+    assert obs.shape == (3, 8) and venv.observation_space.contains(obs)
+    assert info["loss"].shape == (3,) and info["_loss"].all()
+    assert venv.action_space.shape == (3, 1)
 
 
 @pytest.mark.parametrize(
     "extra",
     [
-        {"batch_size": 8, "noise_std": 0.05},  # stochastic minibatches and noise, padded shapes
-        {"noise_std": 0.1, "bound": "deterministic"},
+        {"noise_std": 0.05},
+        {"bound": "deterministic", "action_mode": "delta"},
         {"action_mode": "log_lr", "bound": "none", "lr_range": (1e-3, 0.3)},
     ],
 )
-def test_same_trajectories_as_single_envs_float64(extra):
+def test_same_trajectories_as_single_envs_on_mixed_instances_float64(extra):
     rng = np.random.default_rng(1)
-    ends, _ = _compare_with_singles(
-        {**SMALL, **extra, "dtype": "float64"},
+    ends, seen = _compare_with_singles(
+        {**MIXED, **extra, "dtype": "float64"},
         seed=7,
-        steps=13,
+        steps=25,
         actions_fn=lambda t, B: rng.uniform(-1, 1, (B, 1)).astype(np.float32),
     )
-    assert ends >= 4  # every sub-env truncated and was autoreset at least once
+    assert ends >= 6  # every sub-env ended and was autoreset at least once
+    families = {name.split("-")[0] for name in seen}
+    assert len(families) >= 4  # the batch really mixed instances of different kinds
 
 
-def test_same_trajectories_as_single_envs_float32_default_config():
+def test_same_trajectories_as_single_envs_float32():
     rng = np.random.default_rng(2)
     _compare_with_singles(
-        {**SMALL, "batch_size": 8, "bound_scale": 2.0, "lr_floor": 0.05, "lr_ceiling": 1.0},
+        {**MIXED, "bound_scale": 2.0, "lr_floor": 0.05},
         seed=0,
-        steps=6,
+        steps=8,
         actions_fn=lambda t, B: rng.uniform(-1, 1, (B, 1)).astype(np.float32),
         atol_obs=1e-4,
         rtol=1e-4,
@@ -100,7 +108,7 @@ def test_same_trajectories_as_single_envs_float32_default_config():
 
 def test_divergence_ends_only_that_sub_env():
     kwargs = {
-        **SMALL,
+        **SMALL_NMF,
         "bound": "none",
         "action_mode": "log_lr",
         "lr_range": (1e-3, 1e6),
@@ -113,7 +121,9 @@ def test_divergence_ends_only_that_sub_env():
             a[2] = 1.0  # a huge learning rate in sub-env 2 only
         return a
 
-    _compare_with_singles(kwargs, seed=3, steps=3, actions_fn=actions, atol_obs=1e-4, rtol=1e-4)
+    _compare_with_singles(
+        kwargs, seed=3, steps=3, actions_fn=actions, B=4, atol_obs=1e-4, rtol=1e-4
+    )
     venv = make_batched(4, **kwargs)
     venv.reset(seed=3)
     _, rewards, term, trunc, info = venv.step(actions(0, 4))
@@ -126,9 +136,9 @@ def test_divergence_ends_only_that_sub_env():
 
 
 def test_same_step_autoreset_reports_final_obs_and_info():
-    venv = make_batched(3, **SMALL, autoreset_mode="SameStep")
-    venv.reset(seed=0)
-    for _ in range(SMALL["horizon"]):
+    venv = make_batched(3, **SMALL_NMF, autoreset_mode="SameStep")
+    venv.reset(seed=0, options={"instance": [0, 1, 2]})
+    for _ in range(SMALL_NMF["horizon"]):
         obs, _, term, trunc, info = venv.step(np.zeros((3, 1), np.float32))
     assert trunc.all() and not term.any()
     assert info["_final_obs"].all() and info["final_obs"][0].shape == (8,)
@@ -137,8 +147,38 @@ def test_same_step_autoreset_reports_final_obs_and_info():
     assert np.isnan(info["lr"]).all() and not info["_inner_capped"].any()
 
 
+def test_disabled_autoreset_idles_finished_sub_envs_until_reset():
+    venv = make_batched(3, **{**SMALL_NMF, "families": ("horizon",)}, autoreset_mode="Disabled")
+    short, long = venv.instances("train")[0], venv.instances("train")[1]
+    assert short.horizon < long.horizon
+    venv.reset(seed=0, options={"instance": [short, long, long]})
+    for _ in range(short.horizon):
+        _, _, _, trunc, info = venv.step(np.zeros((3, 1), np.float32))
+    assert trunc.tolist() == [True, False, False]
+    frozen = info["loss"][0]
+    _, rewards, term, trunc, info = venv.step(np.zeros((3, 1), np.float32))
+    assert rewards[0] == 0.0 and not term[0] and not trunc[0] and not info["_lr"][0]
+    assert info["loss"][0] == frozen and info["_lr"][1:].all()
+    _, info = venv.reset(seed=5, options={"reset_mask": np.array([True, False, False])})
+    assert info["_loss"].tolist() == [True, False, False]
+    _, _, _, _, info = venv.step(np.zeros((3, 1), np.float32))
+    assert info["_lr"].all()
+
+
+def test_request_lr_per_sub_env_and_nan_leaves_the_action():
+    venv = make_batched(2, **{**SMALL_NMF, "families": ("exact",)})
+    venv.reset(seed=0, options={"instance": 0})
+    clip = venv.clips
+    venv.request_lr([0.25 * clip[0], math.nan])
+    _, _, _, _, info = venv.step(np.ones((2, 1), np.float32))
+    assert info["lr"][0] == pytest.approx(0.25 * clip[0])
+    assert info["lr"][1] == pytest.approx(clip[1])  # the action +1: the clip
+    with pytest.raises(ValueError, match="lr"):
+        venv.request_lr([-1.0, 1.0])
+
+
 def test_nan_actions_never_raise():
-    venv = make_batched(3, **SMALL)
+    venv = make_batched(3, **SMALL_NMF)
     venv.reset(seed=0)
     obs, rewards, *_ = venv.step(np.array([[math.nan], [math.inf], [-math.inf]], np.float32))
     assert venv.observation_space.contains(obs) and np.isfinite(rewards).all()
@@ -150,27 +190,26 @@ def test_nan_actions_never_raise():
         ({"num_envs": 0}, "num_envs"),
         ({"num_envs": 2, "rank": 0}, "rank"),
         ({"num_envs": 2, "autoreset_mode": "later"}, "autoreset_mode"),
-        ({"num_envs": 2, "batch_size": 12}, "batch_size"),  # the half-size instances have 12
     ],
 )
 def test_bad_input_one_line_errors(kwargs, key):
     with pytest.raises(ValueError, match=key) as err:
-        BatchedNMFEnv(**{**SMALL, **kwargs})
+        BatchedNMFEnv(**{**SMALL_NMF, **kwargs})
     assert "\n" not in str(err.value)
-    venv = make_batched(2, **SMALL)
+    venv = make_batched(2, **SMALL_NMF)
     venv.reset(seed=0)
     with pytest.raises(ValueError, match="actions"):
         venv.step(np.zeros((3, 1), np.float32))
 
 
 def test_sb3_adapter_matches_dummy_vec_env():
-    kwargs = {**SMALL, "batch_size": 8, "dtype": "float64"}
+    kwargs = {**MIXED, "dtype": "float64"}
     batched = make_training_vec_env("lrrl/NMF-v0", kwargs, 3, seed=5, kind="batched")
     dummy = make_training_vec_env("lrrl/NMF-v0", kwargs, 3, seed=5, kind="dummy")
     assert isinstance(batched, BatchedVecEnv)
     np.testing.assert_allclose(batched.reset(), dummy.reset(), atol=1e-6)
     rng = np.random.default_rng(0)
-    for _ in range(2 * SMALL["horizon"] + 1):
+    for _ in range(2 * SMALL_NMF["horizon"] + 1):
         a = rng.uniform(-1, 1, (3, 1)).astype(np.float32)
         ob, rb, db, ib = batched.step(a)
         od, rd, dd, id_ = dummy.step(a)
@@ -187,44 +226,29 @@ def test_sb3_adapter_matches_dummy_vec_env():
                 np.testing.assert_allclose(
                     x["terminal_observation"], y["terminal_observation"], atol=1e-5
                 )
-    assert batched.get_attr("horizon") == [SMALL["horizon"]] * 3
-    assert batched.env_method("config")[0]["rank"] == SMALL["rank"]
+    assert batched.env_method("config")[0]["rank"] == SMALL_NMF["rank"]
     batched.close()
     dummy.close()
 
 
-def _config(*overrides: str) -> dict:
-    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["debug=smoke", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def test_vec_env_batched_is_validated():
+def test_vec_env_is_validated():
     with pytest.raises(ConfigError, match="agent.vec_env") as err:
-        validate(_config("agent.vec_env=threads"))
+        validate(tiny_config("agent.vec_env=threads"))
     assert "\n" not in str(err.value)
-    validate(_config("agent.vec_env=batched"))  # accepted for NMF
+    validate(tiny_config("agent.vec_env=batched"))  # accepted for NMF
     with pytest.raises(ValueError, match="only .*lrrl/NMF-v0"):
         make_training_vec_env("lrrl/DNN-v0", {}, 2, 0, "batched")
 
 
-def test_auto_picks_the_batched_env_where_it_takes_the_options():
-    cfg = _config()
-    env_id, kwargs = split_env_config(cfg["env"])
-    assert cfg["agent"]["vec_env"] == "auto"
-    assert resolve_vec_env("auto", env_id, kwargs) == "batched"
-    assert isinstance(make_training_vec_env(env_id, kwargs, 2, 0), BatchedVecEnv)
-    # a minibatch as wide as an instance: the single env takes it, the batched one does not
-    wide = {**kwargs, "batch_size": 10_000}
-    assert resolve_vec_env("auto", env_id, wide) == "dummy"
-    with pytest.raises(ConfigError, match="batch_size"):
-        validate(_config("agent.vec_env=batched", "env.batch_size=10000"))
-    assert resolve_vec_env("auto", "lrrl/DNN-v0", {}) == "dummy"
-    assert resolve_vec_env("subproc", env_id, kwargs) == "subproc"
+def test_auto_picks_the_batched_env_for_nmf_only():
+    assert resolve_vec_env("auto", "lrrl/NMF-v0") == "batched"
+    assert resolve_vec_env("auto", "lrrl/DNN-v0") == "dummy"
+    assert resolve_vec_env("subproc", "lrrl/NMF-v0") == "subproc"
+    assert isinstance(make_training_vec_env("lrrl/NMF-v0", dict(SMALL_NMF), 2, 0), BatchedVecEnv)
 
 
 def test_ppo_trains_on_the_batched_env_through_the_pipeline(tmp_path):
-    metrics = run_experiment(_config("agent.vec_env=batched", "agent.n_envs=4"), tmp_path)
+    metrics = run_experiment(tiny_config("agent.vec_env=batched", "agent.n_envs=4"), tmp_path)
     assert metrics["train"]["timesteps"] >= 256
     assert metrics["train"]["episodes"] > 0
     assert (tmp_path / "model.zip").is_file() and (tmp_path / "schedule.json").is_file()

@@ -13,8 +13,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from stable_baselines3 import PPO
 
+from lrrl.config import EnvSpec
 from lrrl.envs.dnn_models import DEFAULT_LR_RANGES
-from lrrl.harness import make_env, split_env_config
+from lrrl.envs.registration import make_env
 from lrrl.schedulers import OBSERVATION_BUILDERS, PolicyScheduler
 
 
@@ -29,7 +30,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory holding an (untrained, but observation-sensitive) PPO agent."""
     torch.manual_seed(0)
     config = _config()
-    env_id, kwargs = split_env_config(config["env"])
+    spec = EnvSpec.from_dict(config["env"])
+    env_id, kwargs = spec.id, spec.options
     env = make_env(env_id, **kwargs)
     model = PPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [16]}, device="cpu")
     # Spread the mean action over the range so the lrs react to the observation.
@@ -45,7 +47,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _env_rollout(run_dir: Path, instance: str, seed: int) -> dict[str, list[float]]:
     config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    env_id, kwargs = split_env_config(config["env"])  # type: ignore[index]
+    spec = EnvSpec.from_dict(config["env"])  # type: ignore[index]
+    env_id, kwargs = spec.id, spec.options
     env = make_env(env_id, **kwargs)
     model = PPO.load(run_dir / "model.zip", device="cpu")
     obs, info = env.reset(seed=seed, options={"instance": instance})
@@ -67,7 +70,8 @@ def _env_rollout(run_dir: Path, instance: str, seed: int) -> dict[str, list[floa
 def test_same_lrs_as_the_agent_in_its_env(run_dir: Path) -> None:
     config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     spa, horizon = int(config.env.steps_per_action), int(config.env.horizon)
-    env_id, kwargs = split_env_config(OmegaConf.to_container(config.env))  # type: ignore[arg-type]
+    spec = EnvSpec.from_dict(OmegaConf.to_container(config.env))  # type: ignore[arg-type]
+    env_id, kwargs = spec.id, spec.options
     env = make_env(env_id, **kwargs)
     instance = env.unwrapped.instances("test")[0].name
     env.close()
@@ -145,7 +149,8 @@ def dnn_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cfg = compose(config_name="train", overrides=["debug=smoke", "logger=none", "env=dnn"])
     config = OmegaConf.to_container(cfg, resolve=True)
     config["env"].update(steps_per_action=3, horizon=6)  # type: ignore[index]
-    env_id, kwargs = split_env_config(config["env"])  # type: ignore[index]
+    spec = EnvSpec.from_dict(config["env"])  # type: ignore[index]
+    env_id, kwargs = spec.id, spec.options
     env = make_env(env_id, **kwargs)
     model = PPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [16]}, device="cpu")
     with torch.no_grad():
@@ -162,7 +167,8 @@ def _dnn_rollout(run_dir: Path, optimizer: str, seed: int) -> list[dict[str, Any
     """The agent in its env on the first test instance with ``optimizer``: the reset's info,
     then each step's."""
     config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
-    env_id, kwargs = split_env_config(config["env"])  # type: ignore[index]
+    spec = EnvSpec.from_dict(config["env"])  # type: ignore[index]
+    env_id, kwargs = spec.id, spec.options
     env = make_env(env_id, **kwargs)
     model = PPO.load(run_dir / "model.zip", device="cpu")
     inst = next(i for i in env.unwrapped.instances("test") if i.optimizer == optimizer)

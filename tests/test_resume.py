@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config as config
 from stable_baselines3 import PPO
-from test_train import assert_complete, config
+from test_train import assert_complete
 
 from lrrl import checkpoint
 from lrrl.cli import ConfigError
@@ -220,14 +221,16 @@ def test_resume_restores_the_envs_generators(tmp_path):
 
     from stable_baselines3.common.env_util import make_vec_env
 
-    from lrrl.harness import make_env, split_env_config
+    from lrrl.config import EnvSpec
+    from lrrl.envs.registration import make_env
 
-    cfg = config("agent.total_timesteps=128", "agent.checkpoint_every=64")
+    cfg = config("agent.total_timesteps=128", "agent.checkpoint_every=64", "agent.vec_env=dummy")
     run_experiment(cfg, tmp_path)
     folder = tmp_path / "checkpoint"
     manifest = checkpoint.read_manifest(folder)
     saved = pickle.loads((folder / manifest["files"]["rng"]).read_bytes())
-    env_id, kwargs = split_env_config(cfg["env"])
+    spec = EnvSpec.from_dict(cfg["env"])
+    env_id, kwargs = spec.id, spec.options
 
     def venv():
         return make_vec_env(lambda: make_env(env_id, **kwargs), n_envs=2, seed=cfg["seed"])

@@ -16,8 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lrrl.harness import Episode
-from lrrl.outputs import SCHEDULE_SCHEMA, schedule_payload, write_json
+from lrrl.config import EnvSpec
+from lrrl.outputs import schedule_payload, write_json
+from lrrl.rollout import Episode
 from lrrl.schedule import SCHEMA_NAME, load_schedule, parse_schedule, schema, stretch_log_lr
 from lrrl.schedulers import ScheduleReplay
 
@@ -34,7 +35,8 @@ def _payload() -> dict[str, Any]:
         loss=[10.0, 8.0, math.nan, 5.0, 4.0],
     )
     second = Episode("ppo", "inst-b", 8, lr=[0.3, 0.2], lr_bound=[1.0, 1.0], loss=[3.0, 2.0, 1.0])
-    return schedule_payload([first, second], "lrrl/NMF-v0", {"rank": 3}, seed=0, steps_per_action=3)
+    env = EnvSpec("lrrl/NMF-v0", "nmf", {"rank": 3})
+    return schedule_payload([first, second], env, seed=0, steps_per_action=3)
 
 
 def _doc() -> dict[str, Any]:
@@ -53,7 +55,7 @@ def _optimizer(n_groups: int = 1) -> torch.optim.Optimizer:
 
 
 def test_schema_ships_with_the_package_and_matches_the_writer() -> None:
-    assert schema()["properties"]["schema"]["const"] == SCHEDULE_SCHEMA == SCHEMA_NAME
+    assert schema()["properties"]["schema"]["const"] == SCHEMA_NAME
     jsonschema.Draft202012Validator.check_schema(schema())
     jsonschema.validate(_doc(), schema())
 

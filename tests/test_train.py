@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
+from conftest import compose, tiny_config
 from omegaconf import OmegaConf
 
 from lrrl.cli import ConfigError
-from lrrl.pipeline import run_experiment, validate
+from lrrl.pipeline import validate
 
-RUN_FILES = ("model.zip", "schedule.json", "metrics.json", "schedules.png")
-
-
-def config(*overrides: str) -> dict:
-    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["debug=smoke", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+RUN_FILES = ("model.zip", "schedule.json", "metrics.json", "schedules.png", "episodes.csv")
 
 
 def run_cli(*args: str, cwd: Path, mode: str = "disabled") -> subprocess.CompletedProcess:
@@ -49,24 +45,29 @@ def assert_complete(run_dir: Path) -> dict:
     return metrics
 
 
-def test_smoke_run_writes_outputs_and_returns_objective(tmp_path):
-    metrics = run_experiment(config(), tmp_path)
-    on_disk = assert_complete(tmp_path)
-    assert metrics["objective"] == pytest.approx(on_disk["objective"])
-    assert metrics["objective"] == pytest.approx(on_disk["schedulers"]["ppo"]["log_loss_ratio"])
-    # baselines were tuned on the training split and reported on the test split
-    assert on_disk["schedulers"]["constant"]["tuned_on"] == "train"
+def test_a_run_writes_its_outputs_and_its_objective(tiny_run):
+    on_disk = assert_complete(tiny_run)
+    assert on_disk["objective"] == pytest.approx(on_disk["schedulers"]["ppo"]["log_loss_ratio"])
+    # baselines were tuned on the tuning split and reported on the test split
+    assert on_disk["schedulers"]["constant"]["tuned_on"] == "tune" and on_disk["split"] == "test"
     assert on_disk["train"]["timesteps"] >= 256
+    # the headline: the agent against the best tuned baseline, follow_bound and unclipped
+    head = on_disk["headline"]
+    assert head["subject"] == "ppo" and head["follow_bound"]["name"] == "follow_bound"
+    assert head["best_unclipped"]["name"] == "constant@unclipped"
+    low, high = head["best_baseline"]["ratio_ci"]
+    assert low <= head["best_baseline"]["ratio"] <= high
+    assert {"spikes_per_episode", "lr_jitter", "divergence_rate"} <= set(head)
 
 
 def test_cli_runs_from_any_directory(tmp_path):
     run_dir = tmp_path / "run"
-    done = run_cli("debug=smoke", f"hydra.run.dir={run_dir}", "env.rank=4", cwd=tmp_path)
+    done = run_cli("debug=smoke", f"hydra.run.dir={run_dir}", "env.rank=3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_complete(run_dir)
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    assert saved.env.rank == 4  # the config saved is enough to re-run
-    assert "env.rank=4" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    assert saved.env.rank == 3  # the config saved is enough to re-run
+    assert "env.rank=3" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
 
 
 @pytest.mark.slow
@@ -79,17 +80,25 @@ def test_sweep_gives_one_complete_dir_per_job(tmp_path):
     assert [p.name.split("__")[0] for p in jobs] == ["0", "1"]
     seeds = [assert_complete(p)["seed"] for p in jobs]
     assert seeds == [0, 1]
-    table = tmp_path / "table.json"
-    script = Path(__file__).parents[1] / "experiments" / "sweep_table.py"
+    # The README's tables come from the run dirs, by one script, into marked sections.
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- report:nmf -->\nold\n<!-- /report:nmf -->\nrest\n")
+    figures_path = tmp_path / "figures.json"
+    script = Path(__file__).parents[1] / "experiments" / "report.py"
+    args = [str(tmp_path / "sweep"), "--label", "nmf", "--readme", str(readme)]
     done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "sweep"), "--json", str(table)],
+        [sys.executable, str(script), *args, "--json", str(figures_path), "--samples", "200"],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    rows = json.loads(table.read_text())
-    assert rows["ppo"]["seeds"] == [0, 1] and rows["ppo"]["beaten_by_agent"] is None
-    assert rows["step_decay"]["beaten_by_agent"] in (0, 1, 2)
+    figures = json.loads(figures_path.read_text())
+    assert figures["seeds"] == [0, 1] and "ppo" in figures["schedulers"]
+    low, high = figures["schedulers"]["constant"]["ratio_ci"]
+    assert low <= figures["schedulers"]["constant"]["ratio"] <= high
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("rest\n") and "python experiments/report.py" in text
+    assert "| **ppo** |" in text and "| family |" in text
 
 
 @pytest.mark.slow
@@ -122,11 +131,15 @@ def test_wandb_offline_run_has_config_and_curves(tmp_path):
         ("+agent.hyperparams.n_stepz=8", "n_stepz"),
         ("eval.baselines=[nope]", "baselines"),
         ("eval.lr_grid=[-1.0]", "lr_grid"),
+        ("eval.tune_split=test", "tune_split"),
+        ("eval.unclipped=[nope]", "unclipped"),
+        ("env.families=[nope]", "families"),
     ],
 )
 def test_bad_config_is_rejected_before_work_naming_the_key(override, key):
-    with pytest.raises(ConfigError, match=key):
-        validate(config(override))
+    with pytest.raises(ConfigError, match=key) as err:
+        validate(tiny_config(override))
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize(
@@ -144,3 +157,65 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, key):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and key in lines[0], done.stderr
     assert not (tmp_path / "run" / "model.zip").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("agent=a2c",),
+        ("agent=recurrent_ppo",),
+        ("agent.vec_env=subproc",),
+        ("env.reward=relative_delta",),
+        ("env.safeguard=false",),
+        ("env.action_mode=delta",),
+        ("env.action_mode=log_lr",),
+    ],
+    ids=lambda o: o[0],
+)
+def test_every_agent_and_option_path_runs_end_to_end(tmp_path, overrides):
+    from lrrl.pipeline import run_experiment
+
+    metrics = run_experiment(tiny_config(*overrides), tmp_path)
+    algo = metrics["subject"]
+    assert metrics["train"]["timesteps"] >= 256 and (tmp_path / "model.zip").is_file()
+    assert math.isfinite(metrics["schedulers"][algo]["log_loss_ratio"])
+
+
+@pytest.mark.slow
+def test_sac_checkpoints_its_replay_buffer_and_resumes(tmp_path):
+    from lrrl import checkpoint
+    from lrrl.pipeline import run_experiment
+
+    first = tmp_path / "first"
+    config = tiny_config("agent=sac", "agent.total_timesteps=256", "agent.checkpoint_every=128")
+    run_experiment(config, first)
+    manifest = checkpoint.read_manifest(first / "checkpoint")
+    assert "replay_buffer" in manifest["files"]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(first / "checkpoint", resumed / "checkpoint")
+    longer = tiny_config("agent=sac", "agent.total_timesteps=384", "agent.checkpoint_every=128")
+    metrics = run_experiment(longer, resumed, resume=True)
+    assert metrics["train"]["resumed_from"] == 256 and metrics["train"]["timesteps"] >= 384
+
+
+@pytest.mark.slow
+def test_evaluate_compares_several_agents(tiny_run, tmp_path):
+    from conftest import write_run_config
+
+    from lrrl.evaluate import run_evaluation
+    from lrrl.pipeline import run_experiment
+
+    other = tmp_path / "other"
+    config = tiny_config("seed=1")
+    write_run_config(other, config)
+    run_experiment(config, other)
+    evaluate = compose("progress_bar=false", config_name="evaluate")
+    evaluate.update(run_dir=None, agents=[str(tiny_run), str(other)], env=config["env"])
+    evaluate["eval"] = config["eval"]
+    metrics = run_evaluation(evaluate, tmp_path / "eval")
+    agents = [name for name in metrics["schedulers"] if name.startswith("ppo@")]
+    assert sorted(agents) == sorted(f"ppo@{p.name}" for p in (tiny_run, other))
+    subject = metrics["subject"]
+    other_agent = next(a for a in agents if a != subject)
+    assert "ratio" in metrics["schedulers"][other_agent]["vs_subject"]

@@ -15,12 +15,18 @@ the compatibility test in ``tests/test_greedylr.py`` checks it on random inputs.
 bottom; :func:`replay_greedylr` replays one metric sequence into many parameter sets at
 once (numpy, vectorised over rows), which is what the distillation fitter
 (``lrrl.agents.greedylr_fit``) searches with. Tests check all three agree step by step.
+
+:func:`load_greedylr` reads the ``greedylr.json`` that ``python -m lrrl.distill`` writes.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, SupportsFloat
 
 import numpy as np
@@ -28,7 +34,15 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["GREEDYLR_DEFAULTS", "GreedyLR", "greedylr_reference", "replay_greedylr"]
+__all__ = [
+    "GREEDYLR_DEFAULTS",
+    "GREEDYLR_SCHEMA",
+    "DistilledGreedyLR",
+    "GreedyLR",
+    "greedylr_reference",
+    "load_greedylr",
+    "replay_greedylr",
+]
 
 #: Keyword arguments of :class:`GreedyLR` and their defaults (those of transformers).
 GREEDYLR_DEFAULTS: dict[str, Any] = {
@@ -75,7 +89,7 @@ def _check_args(
 
 
 def _per_group(value: float | Sequence[float], n_groups: int, name: str) -> list[float]:
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, Sequence):
         if len(value) != n_groups:
             raise ValueError(f"expected {n_groups} {name}s (one per param group), got {len(value)}")
         return [float(v) for v in value]
@@ -306,6 +320,77 @@ class GreedyLR(LRScheduler):
         self.__dict__.update(copy.deepcopy(state_dict))
         for i, lr in enumerate(self._last_lr):
             self._set_lr(i, float(lr))
+
+
+#: ``schema`` of the ``greedylr.json`` files ``python -m lrrl.distill`` writes.
+GREEDYLR_SCHEMA = "lrrl.greedylr/v1"
+
+
+@dataclass(frozen=True)
+class DistilledGreedyLR:
+    """How to run a distilled GreedyLR (a ``greedylr.json``) in another training loop.
+
+    Attributes:
+        params: keyword arguments for :class:`GreedyLR` and for transformers'
+            ``get_scheduler("greedy", ..., scheduler_specific_kwargs=params)`` /
+            ``TrainingArguments(lr_scheduler_type="greedy", lr_scheduler_kwargs=params)``.
+        initial_lr: the optimizer's starting learning rate (not a scheduler argument).
+        steps_per_action: optimizer steps per ``step(metric)`` in the env it was fitted in.
+    """
+
+    params: dict[str, Any]
+    initial_lr: float
+    steps_per_action: int
+
+    def rescaled(self, lr: float) -> DistilledGreedyLR:
+        """The same schedule started at ``lr``: initial_lr, min_lr and max_lr x lr / initial_lr.
+
+        GreedyLR only multiplies and divides the lr, so its path is scale-free but for the
+        clamps; moving them with the start keeps the distilled shape on a model whose good
+        learning rates differ from the env's (an NMF schedule's lrs are far too large for AdamW).
+        """
+        if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
+            raise ValueError(f"lr={lr!r} is invalid: expected a positive finite float")
+        ratio = float(lr) / self.initial_lr
+        params = dict(self.params)
+        for key in ("min_lr", "max_lr"):
+            if key in params:
+                value = params[key]
+                params[key] = (
+                    [float(v) * ratio for v in value]
+                    if isinstance(value, (list, tuple))
+                    else float(value) * ratio
+                )
+        return replace(self, params=params, initial_lr=float(lr))
+
+
+def load_greedylr(path: str | Path) -> DistilledGreedyLR:
+    """Read and check a ``greedylr.json``; anything wrong is one ``ValueError`` naming the file."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read a greedylr.json: {err}") from None
+    if not isinstance(spec, dict) or spec.get("schema") != GREEDYLR_SCHEMA:
+        found = spec.get("schema") if isinstance(spec, dict) else type(spec).__name__
+        raise ValueError(f"{path}: schema={found!r} is invalid: expected {GREEDYLR_SCHEMA!r}")
+    params, initial_lr, steps = (
+        spec.get("params"),
+        spec.get("initial_lr"),
+        spec.get("steps_per_action"),
+    )
+    if not isinstance(params, dict) or not set(params) <= set(GREEDYLR_DEFAULTS):
+        raise ValueError(
+            f"{path}: params={params!r} is invalid: expected GreedyLR keyword arguments "
+            f"(names from {sorted(GREEDYLR_DEFAULTS)})"
+        )
+    if isinstance(initial_lr, bool) or not (
+        isinstance(initial_lr, (int, float)) and 0 < initial_lr < math.inf
+    ):
+        raise ValueError(f"{path}: initial_lr={initial_lr!r} is invalid: expected a positive float")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{path}: steps_per_action={steps!r} is invalid: expected an integer >= 1")
+    return DistilledGreedyLR(dict(params), float(initial_lr), steps)
 
 
 def greedylr_reference(

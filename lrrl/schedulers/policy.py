@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -61,6 +62,9 @@ class ObservationBuilder(Protocol):
         latest reported value of each of :attr:`metrics` (those reported so far)."""
         ...
 
+    # A builder that remembers past losses also defines ``state_dict() -> dict`` (plain
+    # numbers and lists) and ``load_state_dict(state)``, so checkpoints can carry it.
+
 
 class NMFObservation:
     """Observations of ``lrrl/NMF-v0`` (see :func:`lrrl.envs.nmf.nmf_observation`).
@@ -86,17 +90,19 @@ class NMFObservation:
         optimizer: Optimizer | None = None,
     ) -> None:
         # ``optimizer`` is unused: NMF's action mapping does not depend on the loop's optimizer.
-        from lrrl.envs.nmf import HISTORY
+        from lrrl.envs.nmf import HISTORY, NMFConfig
 
-        self.env = env
-        self.has_bound = env.get("bound", "noisy") != "none"
-        self.bound_scale = float(env.get("bound_scale", 1.0))
-        stand_in = float(reference_lr) / self.bound_scale if self.bound_scale > 0 else reference_lr
+        # The run's env options, with the env's own defaults for anything not saved.
+        options = {k: v for k, v in env.items() if k not in ("name", "id")}
+        self.config = NMFConfig.build(**options)
+        self.has_bound = self.config.bound != "none"
+        self.bound_scale = self.config.bound_scale
+        stand_in = float(reference_lr) / self.bound_scale
         self.lr_bound_source = lr_bound if lr_bound is not None else stand_in
         self.noise_source = noise_ratio
-        self.history = HISTORY
         self.deltas = [0.0] * HISTORY
         self.loss_prev: float | None = None
+        self.fraction = math.nan  # the last lr over the clip it was applied under
         self.lr_bound = 0.0
         self._refresh()
 
@@ -106,23 +112,22 @@ class NMFObservation:
             raise ValueError(f"lr_bound={self.lr_bound!r} is invalid: expected a positive float")
         self.noise_ratio = float(_read(self.noise_source))  # type: ignore[arg-type]
 
-    def _obs(self, loss: float, loss0: float, lr_prev: float, progress: float) -> np.ndarray:
+    def _obs(self, loss: float, loss0: float, progress: float) -> np.ndarray:
         from lrrl.envs.nmf import nmf_observation
 
         return nmf_observation(
             loss=loss,
             loss0=loss0,
             deltas=self.deltas,
-            lr_prev=lr_prev,
+            fraction=self.fraction,
             lr_bound=self.lr_bound if self.has_bound else None,
-            bound_scale=self.bound_scale,
             noise_ratio=self.noise_ratio,
             progress=progress,
         )
 
     def start(self, loss0: float | None = None, **initial: float) -> np.ndarray:
         # loss / loss0 = 1 before any decision, so the loss values do not matter yet.
-        return self._obs(1.0, 1.0, math.nan, 0.0)
+        return self._obs(1.0, 1.0, 0.0)
 
     @property
     def clip(self) -> float:
@@ -131,16 +136,18 @@ class NMFObservation:
     def lr_for_action(self, action: np.ndarray) -> float:
         from lrrl.envs.nmf import nmf_lr_for_action
 
-        e = self.env
-        requested = nmf_lr_for_action(
-            action,
-            e.get("action_mode", "bound"),
-            self.clip,
-            float(e.get("lr_floor", 1e-2)),
-            float(e.get("lr_ceiling", 2.0)),
-            list(e.get("lr_range", (1e-4, 10.0))),
-        )
-        return min(requested, self.clip)
+        lr = min(nmf_lr_for_action(action, self.config, self.clip, self.fraction), self.clip)
+        self.fraction = lr / self.clip if self.has_bound else math.nan
+        return lr
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loss history the next observation depends on."""
+        return {"deltas": list(self.deltas), "loss_prev": self.loss_prev, "fraction": self.fraction}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.deltas = list(state["deltas"])
+        self.loss_prev = state["loss_prev"]
+        self.fraction = state.get("fraction", math.nan)
 
     def observe(
         self, loss0: float, loss: float, lr: float, progress: float, **metrics: float
@@ -151,7 +158,7 @@ class NMFObservation:
             self.deltas = [delta, *self.deltas[:-1]]
         self.loss_prev = loss
         self._refresh()
-        return self._obs(loss, loss0, lr, progress)
+        return self._obs(loss, loss0, progress)
 
 
 class DNNObservation:
@@ -420,3 +427,32 @@ class PolicyScheduler(LRScheduler):
     def get_lr(self) -> list[float | Tensor]:
         """The current decision's learning rate for every group."""
         return [self._lr * r for r in self.ratios]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the run stands (steps, window, decisions, the builder's loss history).
+
+        The agent and the builder's inputs (which may be functions) stay out: they come from
+        the constructor again. Everything left loads with ``torch.load(weights_only=True)``,
+        as transformers' Trainer and Lightning resume checkpoints; a recurrent agent's
+        hidden state is stored as tensors for that reason.
+        """
+        state = {
+            k: v for k, v in super().state_dict().items() if k not in ("model", "builder", "_state")
+        }
+        saver = getattr(self.builder, "state_dict", None)
+        state["builder_state"] = saver() if saver is not None else {}
+        state["agent_state"] = (
+            None if self._state is None else [torch.from_numpy(np.asarray(a)) for a in self._state]
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` into a scheduler built for the same run."""
+        state = dict(state_dict)
+        builder_state = state.pop("builder_state", {})
+        agent_state = state.pop("agent_state", None)
+        self.__dict__.update(state)
+        loader = getattr(self.builder, "load_state_dict", None)
+        if loader is not None:
+            loader(builder_state)
+        self._state = None if agent_state is None else tuple(t.numpy() for t in agent_state)

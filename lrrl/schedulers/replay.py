@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 from torch.optim import Optimizer
@@ -80,3 +81,13 @@ class ScheduleReplay(LRScheduler):
 
     def _get_closed_form_lr(self) -> list[float | Tensor]:
         return list(self._lr_at(self.last_epoch))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The replay's position and per-step lrs, in types ``torch.load(weights_only=True)`` reads.
+
+        The parsed file (``schedule``) stays out: transformers' Trainer and Lightning resume
+        from checkpoints with ``weights_only=True``, which refuses arbitrary classes.
+        """
+        state = super().state_dict()
+        state.pop("schedule", None)
+        return state
