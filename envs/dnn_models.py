@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -219,7 +220,11 @@ def build_optimizer(
 def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     """The :data:`OPTIMIZERS` name of an optimizer object (its exact class decides: AdamW
     subclasses Adam in torch, and is not Adam here)."""
-    classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    classes: dict[str, Any] = {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+    }
     for name in OPTIMIZERS[3:]:
         try:
             classes[name] = _reference_optimizer(name)
