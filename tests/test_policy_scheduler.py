@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from omegaconf import OmegaConf
 from stable_baselines3 import PPO
 
 from lrrl.config import EnvSpec
+from lrrl.envs.dnn import DNNConfig
 from lrrl.envs.dnn_models import DEFAULT_LR_RANGES
 from lrrl.envs.registration import make_env
 from lrrl.schedulers import OBSERVATION_BUILDERS, PolicyScheduler
@@ -244,3 +247,61 @@ def test_dnn_with_training_losses_only_and_bad_input(dnn_run_dir: Path) -> None:
     with pytest.raises(ValueError, match="val_los"):
         PolicyScheduler(opt, dnn_run_dir, total_steps=30, initial={"val_los": 1.0})
     assert "lrrl/DNN-v0" in OBSERVATION_BUILDERS
+
+
+def test_dnn_options_missing_from_the_run_take_the_env_defaults(
+    dnn_run_dir: Path, tmp_path: Path
+) -> None:
+    config = OmegaConf.load(dnn_run_dir / ".hydra" / "config.yaml")
+    config.env = {"name": "dnn", "id": "lrrl/DNN-v0"}  # e.g. a run saved before an option existed
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(config, tmp_path / ".hydra" / "config.yaml")
+    shutil.copy(dnn_run_dir / "model.zip", tmp_path / "model.zip")
+    param = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([param], lr=0.1)
+    horizon = DNNConfig().horizon
+    sched = PolicyScheduler(opt, tmp_path, total_steps=4 * horizon)
+    assert sched.steps_per_decision == 4  # spread over the default horizon
+    low, high = DNNConfig().lr_ranges["sgd"]
+    for _ in range(4 * horizon):
+        loss = param.pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step(loss)
+    assert len(sched.decisions) == horizon + 1
+    assert all(low * (1 - 1e-9) <= lr <= high * (1 + 1e-9) for lr in sched.decisions)
+
+
+def test_dnn_resumes_from_a_weights_only_checkpoint(dnn_run_dir: Path) -> None:
+    losses = [2.0 * math.exp(-0.05 * t) + 0.1 * math.sin(t) for t in range(30)]
+
+    def make(opt: torch.optim.Optimizer) -> PolicyScheduler:
+        return PolicyScheduler(opt, dnn_run_dir, total_steps=30, steps_per_decision=3)
+
+    def drive(sched: PolicyScheduler, opt: torch.optim.Optimizer, steps: range) -> list:
+        lrs = []
+        for t in steps:
+            opt.step()
+            loss = losses[t]
+            sched.step(loss, val_loss=1.5 * loss, grad_norm=1.0 + 0.1 * t, accuracy=0.02 * t)
+            lrs.append(opt.param_groups[0]["lr"])
+        return lrs
+
+    def optimizer() -> torch.optim.Optimizer:
+        return torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+
+    opt = optimizer()
+    uninterrupted = drive(make(opt), opt, range(30))
+    assert len(set(uninterrupted)) > 1
+    opt = optimizer()
+    first = make(opt)
+    before = drive(first, opt, range(16))  # mid-window (16 % 3 != 0)
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    buffer.seek(0)
+    opt = optimizer()
+    resumed = make(opt)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    assert drive(resumed, opt, range(16, 30)) == uninterrupted[16:]
+    assert before == uninterrupted[:16]

@@ -10,6 +10,7 @@ observation depends on the env the agent was trained in; each env id has an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zipfile
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from lrrl.envs.base import log_range_lr
-from lrrl.envs.dnn import DNNHistory, lr_ranges
+from lrrl.envs.dnn import DNNConfig, DNNHistory
 from lrrl.envs.dnn_models import ADAPTIVE, optimizer_name
 
 #: A number, or a function called (with no arguments) at each decision to get it.
@@ -45,6 +46,8 @@ class ObservationBuilder(Protocol):
 
     #: Measurements besides the training loss that the loop may report (``step(loss, **m)``).
     metrics: tuple[str, ...]
+    #: Decisions per episode in the agent's env: by default a run's steps are spread over them.
+    horizon: int
 
     def start(self, loss0: float | None, **initial: float) -> np.ndarray:
         """The observation before the first decision; ``loss0`` and ``initial`` (of
@@ -95,6 +98,7 @@ class NMFObservation:
         # The run's env options, with the env's own defaults for anything not saved.
         options = {k: v for k, v in env.items() if k not in ("name", "id")}
         self.config = NMFConfig.build(**options)
+        self.horizon = self.config.horizon
         self.has_bound = self.config.bound != "none"
         self.bound_scale = self.config.bound_scale
         stand_in = float(reference_lr) / self.bound_scale
@@ -195,10 +199,13 @@ class DNNObservation:
     ) -> None:
         if optimizer is None:
             raise ValueError("optimizer=None is invalid: expected the torch optimizer being run")
+        # The run's env options, with the env's own defaults for anything not saved.
+        self.config = DNNConfig.build(**{k: v for k, v in env.items() if k not in ("name", "id")})
+        self.horizon = self.config.horizon
         self.optimizer = optimizer_name(optimizer)
-        self.lr_range = lr_ranges(env.get("lr_range"))[self.optimizer]
+        self.lr_range = self.config.lr_ranges[self.optimizer]
         self.adaptive = self.optimizer in ADAPTIVE
-        self.bound_scale = float(env.get("bound_scale", 1.0))
+        self.bound_scale = self.config.bound_scale
         self.lr_bound_source = lr_bound
         self.history: DNNHistory | None = None
         self.clip = math.inf
@@ -222,6 +229,19 @@ class DNNObservation:
 
     def lr_for_action(self, action: np.ndarray) -> float:
         return min(log_range_lr(action, *self.lr_range), self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The measurements the next observation depends on (plain numbers and lists)."""
+        return {} if self.history is None else dataclasses.asdict(self.history)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            self.history = None
+            return
+        keys = ("train_loss0", "val_loss0", "grad_norm0", "accuracy0")
+        self.history = DNNHistory(*(float(state[k]) for k in keys))
+        for key, value in state.items():
+            setattr(self.history, key, list(value) if isinstance(value, list) else value)
 
     def observe(
         self, loss0: float, loss: float, lr: float, progress: float, **metrics: float
@@ -342,14 +362,6 @@ class PolicyScheduler(LRScheduler):
             raise ValueError(f"total_steps={total_steps!r} is invalid: expected an integer >= 1")
         if window_loss not in ("mean", "last"):
             raise ValueError(f"window_loss={window_loss!r} is invalid: expected 'mean' or 'last'")
-        horizon = int(env_cfg.get("horizon", 50))
-        if steps_per_decision is None:
-            steps_per_decision = max(1, round(total_steps / horizon))
-        if steps_per_decision < 1:
-            raise ValueError(
-                f"steps_per_decision={steps_per_decision!r} is invalid: expected an integer >= 1"
-            )
-        self.model = load_agent(model_path, config["agent"].get("algo", "ppo"), device=device)
         starts = [float(g["lr"]) for g in optimizer.param_groups]
         self.ratios = [lr / starts[0] if starts[0] > 0 else 1.0 for lr in starts]
         self.reference_lr = float(reference_lr) if reference_lr is not None else starts[0]
@@ -360,6 +372,13 @@ class PolicyScheduler(LRScheduler):
             noise_ratio=noise_ratio,
             optimizer=optimizer,
         )
+        if steps_per_decision is None:
+            steps_per_decision = max(1, round(total_steps / self.builder.horizon))
+        if steps_per_decision < 1:
+            raise ValueError(
+                f"steps_per_decision={steps_per_decision!r} is invalid: expected an integer >= 1"
+            )
+        self.model = load_agent(model_path, config["agent"].get("algo", "ppo"), device=device)
         initial = dict(initial or {})
         self._check_metrics("initial", initial)
         self.total_steps = total_steps
