@@ -48,7 +48,7 @@ def bare_loop(env: Any, state: dict, order_seed: int, lr: float, decisions: int)
     net, data, inst = u.model, u.data, u.instance
     net.load_state_dict(state)
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = build_optimizer(u.inner_optimizer, params, lr, u.momentum, u.weight_decay)
+    opt = build_optimizer(u.inner_optimizer, params, lr, u.cfg.momentum, u.cfg.weight_decay)
     gen = torch.Generator().manual_seed(order_seed)
     n, size = len(data.y_train), min(inst.batch_size, len(data.y_train))
     order, cursor = torch.randperm(n, generator=gen), 0

@@ -4,25 +4,27 @@
 instance of its tuning split. On a suite that mixes SGD and Adam no single rate suits both
 (SGD trains best near 0.1, Adam near 0.01), so that baseline is handicapped, and beating it
 says little. Here each baseline family is tuned separately for each inner optimizer, on the
-run's training instances (a log grid over the optimizer's default action range, the same
-whatever the agent's range, so runs with different ranges meet the same baselines), and then
-played on the
-test and held-out instances of that optimizer, with the same episode seeds as the agent.
+run's tuning instances of that optimizer (the train split: the DNN env has no tune split),
+over a log grid of the optimizer's default action range (the same whatever the agent's
+range, so runs with different ranges meet the same baselines; cosine also crosses its
+default ``min_ratio`` grid), and then played on the test and held-out instances of that
+optimizer, with the same episode seeds as the agent (the run's ``eval.seed``, as
+``lrrl.evaluate`` uses them).
 
     python experiments/dnn_pilot.py outputs/dnn__ppo__0__...            # test and heldout
     python experiments/dnn_pilot.py RUN_DIR --splits heldout --episodes 1 --n-jobs 2
 
 Prints, per split, the geometric mean of the agent's final validation loss over the
-baseline's (the project's target is <= 0.95 against tuned cosine) with a 95% bootstrap
-interval over instances, the paired win rate, divergences, and a breakdown by optimizer
-and by task/model; writes the same as JSON (``--out``, default ``RUN_DIR/pilot.json``).
+baseline's (the project's target is <= 0.95 against tuned cosine) with its stratified
+bootstrap interval over instances and episodes (``lrrl.comparison.paired``), the probability
+of improvement, the paired win rate, divergences, and the ratio by optimizer and by
+task/model; writes the same as JSON (``--out``, default ``RUN_DIR/pilot.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,115 +33,148 @@ import numpy as np
 import torch
 
 import lrrl  # noqa: F401  (registers the environments)
-from lrrl.agents.baselines import Constant, Cosine, ScheduleController
 from lrrl.agents.sb3 import AgentController, load_agent
+from lrrl.comparison import paired
+from lrrl.config import EnvSpec, EvalConfig, tune_split
 from lrrl.envs.dnn_models import DEFAULT_LR_RANGES
-from lrrl.harness import Episode, episode_seeds, make_env, run_tasks, split_env_config, tune_grid
+from lrrl.envs.registration import make_env
+from lrrl.rollout import Controller, Episode, Job, episode_seeds, run_jobs
 from lrrl.schedulers.policy import load_run
-from lrrl.stats import bootstrap_ci
+from lrrl.tuning import Tuned, tune
 
-#: Grid points per optimizer: log-spaced over its default action range.
+FAMILIES = ("constant", "cosine")
+#: Learning rates per optimizer: log-spaced over its default action range.
 GRID_POINTS = 9
-MIN_RATIOS = (0.0, 0.1)
 
 
-def candidates(family: str, low: float, high: float) -> list[Any]:
-    lrs = [float(x) for x in np.geomspace(low, high, GRID_POINTS)]
-    if family == "cosine":
-        return [Cosine(lr, r) for lr in lrs for r in MIN_RATIOS]
-    return [Constant(lr) for lr in lrs]
+def tune_per_optimizer(
+    env: EnvSpec, ev: EvalConfig, points: int = GRID_POINTS
+) -> dict[str, dict[str, Tuned]]:
+    """``family -> optimizer -> Tuned``: each family tuned on each optimizer's tuning
+    instances over the whole grid (``points`` lrs over the optimizer's default range)."""
+    probe = make_env(env.id, **env.options)
+    try:
+        u: Any = probe.unwrapped
+        pool = u.instances(tune_split(u, ev))
+        optimizers = u.cfg.optimizers
+    finally:
+        probe.close()
+    out: dict[str, dict[str, Tuned]] = defaultdict(dict)
+    for opt in optimizers:
+        mine = [inst for inst in pool if inst.optimizer == opt]
+        runs = episode_seeds(mine, ev.tune_episodes_per_instance, ev.seed + 2)
+        grid = [float(x) for x in np.geomspace(*DEFAULT_LR_RANGES[opt], points)]
+        per_opt = EvalConfig.from_dict(
+            {**ev.to_dict(), "baselines": list(FAMILIES), "lr_grid": grid, "tune_budget": None}
+        )
+        for family, best in tune(env, {f: f for f in FAMILIES}, runs, per_opt).items():
+            out[family][opt] = best
+            print(f"tuned {family} for {opt} on {len(mine)} instances: {best.controller.params}")
+    return dict(out)
 
 
-def ratio_summary(agent: list[Episode], other: list[Episode]) -> dict[str, Any]:
-    """Agent/baseline final-loss ratio over paired episodes, clustered by instance."""
-    by_instance: dict[str, list[float]] = defaultdict(list)
-    wins = []
-    for a, b in zip(agent, other, strict=True):
-        assert (a.instance, a.seed) == (b.instance, b.seed)
-        by_instance[a.instance].append(math.log(a.final_loss) - math.log(b.final_loss))
-        wins.append(a.final_loss < b.final_loss)
-    per_instance = [float(np.mean(v)) for v in by_instance.values()]
-    low, high = bootstrap_ci(per_instance, "mean")
-    return {
-        "geo_mean_ratio": math.exp(float(np.mean(per_instance))),
-        "ratio_ci": [math.exp(low), math.exp(high)],
-        "win_rate": float(np.mean(wins)),
-        "instances": len(per_instance),
-        "episodes": len(wins),
-    }
+def play_split(
+    env: EnvSpec,
+    agent: Controller,
+    tuned: dict[str, dict[str, Tuned]],
+    runs: list[tuple[Any, int]],
+    n_jobs: int,
+) -> dict[str, list[Episode]]:
+    """The agent and every family (the tuned controller of each instance's optimizer) on
+    ``runs``, in one rollout; episodes in run order."""
+    jobs = [Job(agent, inst, seed) for inst, seed in runs]
+    for by_opt in tuned.values():
+        jobs += [Job(by_opt[inst.optimizer].controller, inst, seed) for inst, seed in runs]
+    flat = run_jobs(env.id, env.options, jobs, n_jobs)
+    k = len(runs)
+    names = ["agent", *tuned]
+    return {name: flat[i * k : (i + 1) * k] for i, name in enumerate(names)}
+
+
+def summarise_split(
+    episodes: dict[str, list[Episode]], runs: list[tuple[Any, int]], ev: EvalConfig
+) -> dict[str, Any]:
+    """Per family: the agent's paired statistics against it, overall and per group."""
+    stats = (ev.bootstrap_samples, ev.confidence, ev.seed)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for k, (inst, _) in enumerate(runs):
+        groups[f"opt={inst.optimizer}"].append(k)
+        groups[f"{inst.task}-{inst.model}"].append(k)
+    agent = episodes["agent"]
+    out: dict[str, Any] = {}
+    for family in FAMILIES:
+        other = episodes[family]
+        summary = paired(agent, other, *stats, by_family=False)
+        summary["instances"] = len({inst.name for inst, _ in runs})
+        summary["episodes"] = len(runs)
+        summary["diverged"] = {
+            "agent": sum(e.diverged for e in agent),
+            family: sum(e.diverged for e in other),
+        }
+        summary["mean_final_loss"] = {
+            "agent": float(np.mean([e.final_loss for e in agent])),
+            family: float(np.mean([e.final_loss for e in other])),
+        }
+        summary["by_group"] = {
+            g: paired([agent[k] for k in ks], [other[k] for k in ks], *stats, by_family=False)[
+                "ratio"
+            ]
+            for g, ks in sorted(groups.items())
+        }
+        out[family] = summary
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("run_dir")
     parser.add_argument("--splits", nargs="+", default=["test", "heldout"])
-    parser.add_argument("--episodes", type=int, default=2, help="episode seeds per instance")
+    parser.add_argument(
+        "--episodes", type=int, help="episode seeds per instance (default: the run's eval)"
+    )
     parser.add_argument("--n-jobs", type=int, default=1)
+    parser.add_argument("--grid-points", type=int, default=GRID_POINTS)
     parser.add_argument("--out")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config, model_path = load_run(args.run_dir)
-    env_id, kwargs = split_env_config(config["env"])
-    seed = int(config.get("seed", 0))
-    env = make_env(env_id, **kwargs)
-    u = env.unwrapped
-    agent = AgentController("agent", load_agent(model_path, config["agent"].get("algo", "ppo")))
+    env = EnvSpec.from_dict(config["env"])
+    ev = EvalConfig.from_dict({**config.get("eval", {}), "n_jobs": args.n_jobs})
+    algo = config["agent"].get("algo", "ppo")
+    agent = AgentController(algo, load_agent(model_path, algo))
 
-    tuned: dict[str, dict[str, ScheduleController]] = defaultdict(dict)
-    params: dict[str, dict[str, Any]] = defaultdict(dict)
-    for opt in u.optimizers:
-        train = [i for i in u.instances("train") if i.optimizer == opt]
-        runs = episode_seeds(train, 1, seed + 2)
-        for family in ("constant", "cosine"):
-            best = tune_grid(
-                env_id,
-                kwargs,
-                family,
-                candidates(family, *DEFAULT_LR_RANGES[opt]),
-                runs,
-                args.n_jobs,
-            )
-            tuned[family][opt] = best.controller
-            params[family][opt] = {**best.controller.params, "train_score": best.train_score}
-            print(f"tuned {family} for {opt} on {len(train)} instances: {params[family][opt]}")
-
-    report: dict[str, Any] = {"run_dir": str(args.run_dir), "tuned": params, "splits": {}}
+    tuned = tune_per_optimizer(env, ev, args.grid_points)
+    report: dict[str, Any] = {
+        "run_dir": str(args.run_dir),
+        "tuned": {
+            family: {
+                opt: {**t.controller.params, "tune_score": t.tune_score} for opt, t in d.items()
+            }
+            for family, d in tuned.items()
+        },
+        "splits": {},
+    }
+    probe = make_env(env.id, **env.options)
+    u: Any = probe.unwrapped
     for split in args.splits:
-        runs = episode_seeds(u.instances(split), args.episodes, seed + 1)
-        agent_eps = run_tasks(env_id, kwargs, [(agent, i, s) for i, s in runs], args.n_jobs)
-        out: dict[str, Any] = {}
-        for family, by_opt in tuned.items():
-            tasks = [(by_opt[i.optimizer], i, s) for i, s in runs]
-            eps = run_tasks(env_id, kwargs, tasks, args.n_jobs)
-            summary = ratio_summary(agent_eps, eps)
-            summary["diverged"] = {
-                "agent": sum(e.diverged for e in agent_eps),
-                family: sum(e.diverged for e in eps),
-            }
-            groups: dict[str, list[int]] = defaultdict(list)
-            for k, (inst, _) in enumerate(runs):
-                groups[f"opt={inst.optimizer}"].append(k)
-                groups[f"{inst.task}-{inst.model}"].append(k)
-            summary["by_group"] = {
-                g: ratio_summary([agent_eps[k] for k in ks], [eps[k] for k in ks])["geo_mean_ratio"]
-                for g, ks in sorted(groups.items())
-            }
-            summary["mean_final_loss"] = {
-                "agent": float(np.mean([e.final_loss for e in agent_eps])),
-                family: float(np.mean([e.final_loss for e in eps])),
-            }
-            out[family] = summary
+        runs = episode_seeds(
+            u.instances(split), args.episodes or ev.episodes_per_instance, ev.seed + 1
+        )
+        out = summarise_split(play_split(env, agent, tuned, runs, args.n_jobs), runs, ev)
+        for family, summary in out.items():
             ci = summary["ratio_ci"]
             print(
-                f"{split}: agent / tuned {family} final val loss, geometric mean "
-                f"{summary['geo_mean_ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] over "
-                f"{summary['instances']} instances, win rate {summary['win_rate']:.0%}, "
+                f"{split}: {algo} / tuned {family} final val loss, geometric mean "
+                f"{summary['ratio']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] over "
+                f"{summary['instances']} instances, P(improvement) "
+                f"{summary['probability_of_improvement']:.2f}, win rate {summary['win_rate']:.0%}, "
                 f"divergences {summary['diverged']}"
             )
             print(
                 "    by group: " + ", ".join(f"{g} {r:.3f}" for g, r in summary["by_group"].items())
             )
         report["splits"][split] = out
+    probe.close()
     path = Path(args.out) if args.out else Path(args.run_dir) / "pilot.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")
