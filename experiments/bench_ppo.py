@@ -20,7 +20,9 @@ import lrrl  # noqa: F401
 from lrrl.agents.vec import make_training_vec_env
 
 
-def throughput(kind: str, n_envs: int, env_kwargs: dict, timesteps: int, device: str) -> float:
+def throughput(
+    kind: str, n_envs: int, env_kwargs: dict, timesteps: int, device: str, compile_: bool = False
+) -> float:
     venv = make_training_vec_env("lrrl/NMF-v0", env_kwargs, n_envs, seed=0, kind=kind)
     model = PPO(
         "MlpPolicy",
@@ -34,6 +36,9 @@ def throughput(kind: str, n_envs: int, env_kwargs: dict, timesteps: int, device:
         device=device,
         verbose=0,
     )
+    if compile_:  # the policy's networks (SB3 calls several methods of the policy itself)
+        for module in (model.policy.mlp_extractor, model.policy.action_net, model.policy.value_net):
+            module.compile()
     start = time.perf_counter()
     model.learn(total_timesteps=timesteps)
     wall = time.perf_counter() - start
@@ -51,22 +56,33 @@ def main() -> None:
         parser.error("--device cuda: CUDA is not available here")
     torch.set_num_threads(args.threads)
     problems = {
-        "default 200x150 r10 b16": dict(shape=(200, 150), rank=10, batch_size=16),
-        "small 30x24 r4": dict(shape=(30, 24), rank=4, batch_size=None),
+        "default suite": dict(),
+        "small 30x24 r4": dict(families=("base",), shape=(30, 24), rank=4, batch_size=None),
     }
-    n_envs_list = [4, 16] if args.quick else [4, 16, 64]
+    n_envs_list = [4, 16] if args.quick else [4, 16, 64, 256]
     timesteps = 2048 if args.quick else 8192
     print(f"device={args.device} (policy and env) threads={args.threads} timesteps={timesteps}")
-    print(f"{'problem':>24} {'n_envs':>6} {'dummy':>8} {'subproc':>8} {'batched':>8}")
+    print(
+        f"{'problem':>24} {'n_envs':>6} {'dummy':>8} {'subproc':>8} {'batched':>8} {'+compile':>8}"
+    )
     for name, problem in problems.items():
-        env_kwargs = dict(problem, steps_per_action=10, suite="synthetic", device=args.device)
+        env_kwargs = dict(problem, device=args.device)
         for n_envs in n_envs_list:
             cells = []
-            for kind in ("dummy", "subproc", "batched"):
-                if kind == "subproc" and n_envs > 16:
-                    cells.append(f"{'-':>8}")  # one process per env: not on a few cores
+            for kind in ("dummy", "subproc", "batched", "compiled"):
+                # subproc: one process per env, not on a few cores; dummy: slow at 256
+                if (kind == "subproc" and n_envs > 16) or (kind == "dummy" and n_envs > 64):
+                    cells.append(f"{'-':>8}")
                     continue
-                rate = throughput(kind, n_envs, env_kwargs, timesteps, args.device)
+                compiled = kind == "compiled"
+                rate = throughput(
+                    "batched" if compiled else kind,
+                    n_envs,
+                    env_kwargs,
+                    timesteps,
+                    args.device,
+                    compiled,
+                )
                 cells.append(f"{rate:8.0f}")
             print(f"{name:>24} {n_envs:6d} " + " ".join(cells), flush=True)
     print("(env steps per second of PPO.learn, rollouts and updates; higher is better)")

@@ -87,8 +87,9 @@ class Sweep:
         for k, run in enumerate(runs):
             for row in run["rows"]:
                 by[row["scheduler"]][(k, row["instance"], int(row["seed"]))] = row
+        in_runs = set(by)
         for row in shared:  # the same in every run: recorded once, as run 0's
-            if row["scheduler"] not in by:
+            if row["scheduler"] not in in_runs:
                 by[row["scheduler"]][(0, row["instance"], int(row["seed"]))] = row
         self.names = list(by)
         keys = sorted(by[self.subject])
@@ -214,16 +215,17 @@ def family_table(sweep: Sweep, samples: int) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines), {"best_tuned": top, "best_unclipped": free, "families": data}
 
 
-def per_seed_line(runs: list[dict[str, Any]], subject: str, top: str | None) -> str:
-    values = [r["metrics"]["schedulers"][subject]["log_loss_ratio"] for r in runs]
-    out = f"{subject} mean log(L_T/L_0) per training seed: " + ", ".join(f"{v:.3f}" for v in values)
+def per_seed_line(sweep: Sweep, top: str | None) -> str:
+    """The subject's mean score per training seed, and on how many seeds it beats ``top``."""
+    runs = len(sweep.seeds)
+    agent = sweep.scores[sweep.subject].reshape(runs, -1)
+    out = f"{sweep.subject} mean log(L_T/L_0) per training seed: " + ", ".join(
+        f"{v:.3f}" for v in agent.mean(axis=1)
+    )
     if top is not None:
-        wins = sum(
-            r["metrics"]["schedulers"][subject]["log_loss_ratio"]
-            < r["metrics"]["schedulers"][top]["log_loss_ratio"]
-            for r in runs
-        )
-        out += f"; below {top} on {wins} of {len(runs)} seeds"
+        other = sweep.scores[top].reshape(runs, -1)
+        wins = int(np.sum(agent.mean(axis=1) < other.mean(axis=1)))
+        out += f"; below {top} ({other.mean():.3f}) on {wins} of {runs} seeds"
     return out
 
 
@@ -270,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "",
             families,
             "",
-            per_seed_line(runs, sweep.subject, fam_data["best_tuned"]) + ".",
+            per_seed_line(sweep, fam_data["best_tuned"]) + ".",
         ]
     )
     print(text)

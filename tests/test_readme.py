@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,21 @@ def test_logger_tensorboard(tmp_path: Path) -> None:
     tracker.log({"charts/final_loss": 1.0}, step=1)
     tracker.finish()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_readme_output_blocks_come_from_the_command_and_survive_a_failure(tmp_path):
+    # Benchmark figures reach the README through experiments/readme_output.py only.
+    import readme_output
+
+    py = sys.executable
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- output:x -->\nold\n<!-- /output:x -->\nb\n")
+    readme_output.main(["x", "--readme", str(readme), "--", py, "-c", "print(6 * 7)"])
+    text = readme.read_text()
+    assert "old" not in text and "-c 'print(6 * 7)'\n42\n" in text
+    assert text.startswith("a\n") and text.endswith("b\n")
+    with pytest.raises(SystemExit, match="exited 3"):
+        readme_output.main(["x", "--readme", str(readme), "--", py, "-c", "exit(3)"])
+    assert readme.read_text() == text  # a failing command changes nothing
+    with pytest.raises(SystemExit, match="no <!-- output:y -->"):
+        readme_output.main(["y", "--readme", str(readme), "--", py, "-c", "pass"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -99,6 +100,64 @@ def test_sweep_gives_one_complete_dir_per_job(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.endswith("rest\n") and "python experiments/report.py" in text
     assert "| **ppo** |" in text and "| family |" in text
+
+
+@pytest.mark.slow
+def test_report_takes_the_shared_baselines_from_one_evaluation(tmp_path):
+    # A seed sweep that evaluates only its agents, and one evaluation of the baselines on the
+    # same test episodes: the report pairs them (what the README's NMF tables are made from).
+    quiet = ["debug=smoke", "eval.unclipped=[]"]
+    done = run_cli(
+        "-m",
+        *quiet,
+        "eval.baselines=[]",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    shared = tmp_path / "shared"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lrrl.evaluate",
+            *quiet,
+            "schedulers=[constant,cosine]",
+            f"hydra.run.dir={shared}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    script = Path(__file__).parents[1] / "experiments" / "report.py"
+    figures_path = tmp_path / "figures.json"
+    args = [str(tmp_path / "sweep"), "--shared", str(shared), "--json", str(figures_path)]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--samples", "200"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(figures_path.read_text())
+    assert set(figures["schedulers"]) == {"ppo", "constant", "cosine"}
+    # Every run met the shared baselines on the same episodes: the paired ratio is the mean
+    # over both seeds of exp(agent - baseline) per instance, not a comparison with run 0 alone.
+    rows = list(csv.DictReader((shared / "episodes.csv").open()))
+    const = {
+        r["instance"]: float(r["log_loss_ratio"]) for r in rows if r["scheduler"] == "constant"
+    }
+    agent = [
+        float(r["log_loss_ratio"]) - const[r["instance"]]
+        for run in sorted((tmp_path / "sweep").glob("*__nmf__*"))
+        for r in csv.DictReader((run / "episodes.csv").open())
+    ]
+    assert len(agent) == 2 * len(const)
+    assert figures["schedulers"]["constant"]["ratio"] == pytest.approx(
+        math.exp(sum(agent) / len(agent)), rel=1e-6
+    )
+    assert "below constant" in done.stdout or "below cosine" in done.stdout
 
 
 @pytest.mark.slow
