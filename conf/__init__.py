@@ -1,7 +1,8 @@
 """Hydra configuration tree of lrrl (a package so that configs install with it).
 
 Importing it registers, in Hydra's ConfigStore, the defaults of every typed config under
-``schema/``: ``schema/env/nmf`` (:class:`lrrl.envs.nmf.NMFConfig`), ``schema/eval``
+``schema/``: ``schema/env/nmf`` (:class:`lrrl.envs.nmf.NMFConfig`), ``schema/env/dnn``
+(:class:`lrrl.envs.dnn.DNNConfig`), ``schema/eval``
 (:class:`lrrl.config.EvalConfig`) and ``schema/agent`` (:class:`lrrl.config.AgentConfig`).
 The YAML files extend them (``defaults: [/schema/...]``) and hold only what differs, so each
 default lives once, in its dataclass; ``python -m lrrl.train --cfg job`` prints them all.
@@ -32,10 +33,12 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     from lrrl.config import AgentConfig, EvalConfig
+    from lrrl.envs.dnn import DNNConfig
     from lrrl.envs.nmf import NMFConfig
 
     cs = ConfigStore.instance()
     cs.store(group="schema/env", name="nmf", node=defaults(NMFConfig))
+    cs.store(group="schema/env", name="dnn", node=defaults(DNNConfig))
     cs.store(group="schema", name="eval", node=defaults(EvalConfig))
     cs.store(group="schema", name="agent", node=defaults(AgentConfig))
 

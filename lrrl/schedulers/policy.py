@@ -4,15 +4,16 @@ A learned schedule is a policy: observation in, learning rate out. :class:`Polic
 rebuilds, from the losses a training loop reports, the observation the agent's env would
 have built, asks the agent for an action and sets the learning rate it maps to. The
 observation depends on the env the agent was trained in; each env id has an
-:class:`ObservationBuilder` in :data:`OBSERVATION_BUILDERS` (``register_observation_builder``
-adds one, e.g. for ``lrrl/DNN-v0``).
+:class:`ObservationBuilder` in :data:`OBSERVATION_BUILDERS` (``lrrl/NMF-v0`` and
+``lrrl/DNN-v0`` here; ``register_observation_builder`` adds one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,6 +22,10 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
+
+from lrrl.envs.base import log_range_lr
+from lrrl.envs.dnn import DNNConfig, DNNHistory
+from lrrl.envs.dnn_models import ADAPTIVE, optimizer_name
 
 #: A number, or a function called (with no arguments) at each decision to get it.
 FloatSource = float | Callable[[], float]
@@ -33,18 +38,31 @@ def _read(source: FloatSource | None) -> float | None:
 
 
 class ObservationBuilder(Protocol):
-    """Turns a training loop's loss history into an env's observations and actions into lrs."""
+    """Turns a training loop's loss history into an env's observations and actions into lrs.
 
-    def start(self) -> np.ndarray:
-        """The observation before the first decision (no loss seen yet)."""
+    A factory ``factory(env_config, reference_lr, lr_bound=, noise_ratio=, optimizer=)``
+    builds one per scheduler.
+    """
+
+    #: Measurements besides the training loss that the loop may report (``step(loss, **m)``).
+    metrics: tuple[str, ...]
+    #: Decisions per episode in the agent's env: by default a run's steps are spread over them.
+    horizon: int
+
+    def start(self, loss0: float | None, **initial: float) -> np.ndarray:
+        """The observation before the first decision; ``loss0`` and ``initial`` (of
+        :attr:`metrics`) are the measurements before training, where the loop has them."""
         ...
 
     def lr_for_action(self, action: np.ndarray) -> float:
         """The learning rate an action asks for, clipped as the env would clip it."""
         ...
 
-    def observe(self, loss0: float, loss: float, lr: float, progress: float) -> np.ndarray:
-        """The observation after a decision that applied ``lr`` and ended at ``loss``."""
+    def observe(
+        self, loss0: float, loss: float, lr: float, progress: float, **metrics: float
+    ) -> np.ndarray:
+        """The observation after a decision that applied ``lr`` and ended at ``loss``, with the
+        latest reported value of each of :attr:`metrics` (those reported so far)."""
         ...
 
     # A builder that remembers past losses also defines ``state_dict() -> dict`` (plain
@@ -64,18 +82,23 @@ class NMFObservation:
     mean what they meant in training only when the bound and noise ratio are real.
     """
 
+    metrics: tuple[str, ...] = ()
+
     def __init__(
         self,
         env: dict[str, Any],
         reference_lr: float,
         lr_bound: FloatSource | None = None,
         noise_ratio: FloatSource = 0.0,
+        optimizer: Optimizer | None = None,
     ) -> None:
+        # ``optimizer`` is unused: NMF's action mapping does not depend on the loop's optimizer.
         from lrrl.envs.nmf import HISTORY, NMFConfig
 
         # The run's env options, with the env's own defaults for anything not saved.
         options = {k: v for k, v in env.items() if k not in ("name", "id")}
         self.config = NMFConfig.build(**options)
+        self.horizon = self.config.horizon
         self.has_bound = self.config.bound != "none"
         self.bound_scale = self.config.bound_scale
         stand_in = float(reference_lr) / self.bound_scale
@@ -106,7 +129,7 @@ class NMFObservation:
             progress=progress,
         )
 
-    def start(self) -> np.ndarray:
+    def start(self, loss0: float | None = None, **initial: float) -> np.ndarray:
         # loss / loss0 = 1 before any decision, so the loss values do not matter yet.
         return self._obs(1.0, 1.0, 0.0)
 
@@ -130,7 +153,9 @@ class NMFObservation:
         self.loss_prev = state["loss_prev"]
         self.fraction = state.get("fraction", math.nan)
 
-    def observe(self, loss0: float, loss: float, lr: float, progress: float) -> np.ndarray:
+    def observe(
+        self, loss0: float, loss: float, lr: float, progress: float, **metrics: float
+    ) -> np.ndarray:
         loss_prev = loss0 if self.loss_prev is None else self.loss_prev
         if math.isfinite(loss):
             delta = math.log(max(loss, 1e-300)) - math.log(max(loss_prev, 1e-300))
@@ -140,9 +165,111 @@ class NMFObservation:
         return self._obs(loss, loss0, progress)
 
 
+class DNNObservation:
+    """Observations of ``lrrl/DNN-v0`` (see :class:`lrrl.envs.dnn.DNNEnv`).
+
+    The env observes, at every decision, the window's mean training loss, the validation
+    loss and accuracy after it and the gradient norm of its last step, each also relative to
+    its value before training. A loop reports the training loss every step
+    (``step(loss)``) and, when it has them, ``val_loss=``, ``accuracy=`` and ``grad_norm=``
+    (``step(loss, val_loss=v)`` after each evaluation, ``grad_norm=`` e.g. from
+    ``torch.nn.utils.clip_grad_norm_``); a decision uses the latest value of each. The
+    values before training are ``PolicyScheduler(loss0=..., initial={"val_loss": ...,
+    "grad_norm": ..., "accuracy": ...})``; without them the first reported values stand in.
+
+    Where a measurement is never reported, its features are 0 (the env's "no change"),
+    which the agent did not see in training: the schedule then follows the training loss
+    alone. Validation reported less often than decisions leaves the validation features
+    stale in between. The action maps to a learning rate through the range of the loop's
+    optimizer (``sgd``, ``adam``, ``adamw``, ... recognised from its class) in the run's
+    ``lr_range``, and the adaptive-optimizer feature follows it too. With the env's
+    sharpness bound (``bound_every > 0``), pass ``lr_bound=`` as for NMF; otherwise no clip
+    applies (``reference_lr`` is not used).
+    """
+
+    metrics: tuple[str, ...] = ("val_loss", "accuracy", "grad_norm")
+
+    def __init__(
+        self,
+        env: dict[str, Any],
+        reference_lr: float,
+        lr_bound: FloatSource | None = None,
+        noise_ratio: FloatSource = 0.0,
+        optimizer: Optimizer | None = None,
+    ) -> None:
+        if optimizer is None:
+            raise ValueError("optimizer=None is invalid: expected the torch optimizer being run")
+        # The run's env options, with the env's own defaults for anything not saved.
+        self.config = DNNConfig.build(**{k: v for k, v in env.items() if k not in ("name", "id")})
+        self.horizon = self.config.horizon
+        self.optimizer = optimizer_name(optimizer)
+        self.lr_range = self.config.lr_ranges[self.optimizer]
+        self.adaptive = self.optimizer in ADAPTIVE
+        self.bound_scale = self.config.bound_scale
+        self.lr_bound_source = lr_bound
+        self.history: DNNHistory | None = None
+        self.clip = math.inf
+        self._refresh()
+
+    def _refresh(self) -> None:
+        bound = _read(self.lr_bound_source)
+        if bound is not None and not 0.0 < bound <= math.inf:
+            raise ValueError(f"lr_bound={bound!r} is invalid: expected a positive float")
+        self.clip = math.inf if bound is None else self.bound_scale * bound
+
+    def start(self, loss0: float | None = None, **initial: float) -> np.ndarray:
+        nan = math.nan
+        self.history = DNNHistory(
+            train_loss0=nan if loss0 is None else float(loss0),
+            val_loss0=float(initial.get("val_loss", nan)),
+            grad_norm0=float(initial.get("grad_norm", nan)),
+            accuracy0=float(initial.get("accuracy", nan)),
+        )
+        return self.history.observation(self.lr_range, self.clip, 0.0, self.adaptive)
+
+    def lr_for_action(self, action: np.ndarray) -> float:
+        return min(log_range_lr(action, *self.lr_range), self.clip)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The measurements the next observation depends on (plain numbers and lists)."""
+        return {} if self.history is None else dataclasses.asdict(self.history)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            self.history = None
+            return
+        keys = ("train_loss0", "val_loss0", "grad_norm0", "accuracy0")
+        self.history = DNNHistory(*(float(state[k]) for k in keys))
+        for key, value in state.items():
+            setattr(self.history, key, list(value) if isinstance(value, list) else value)
+
+    def observe(
+        self, loss0: float, loss: float, lr: float, progress: float, **metrics: float
+    ) -> np.ndarray:
+        h = self.history
+        assert h is not None, "start() comes first"
+        # A starting value not given at construction: the first reported one stands in.
+        if math.isnan(h.train_loss0):
+            h.train_loss0 = h.train_loss = float(loss0)
+        for key, attr in (("val_loss", "val_loss"), ("grad_norm", "grad_norm")):
+            if key in metrics and math.isnan(getattr(h, attr + "0")):
+                setattr(h, attr + "0", float(metrics[key]))
+                setattr(h, attr, float(metrics[key]))
+        h.record(
+            train_loss=loss,
+            val_loss=float(metrics.get("val_loss", math.nan)),
+            grad_norm=float(metrics.get("grad_norm", math.nan)),
+            accuracy=float(metrics.get("accuracy", math.nan)),
+            lr=lr,
+        )
+        self._refresh()
+        return h.observation(self.lr_range, self.clip, progress, self.adaptive)
+
+
 #: Observation builders by env id: ``factory(env_config, reference_lr, **options)``.
 OBSERVATION_BUILDERS: dict[str, Callable[..., ObservationBuilder]] = {
     "lrrl/NMF-v0": NMFObservation,
+    "lrrl/DNN-v0": DNNObservation,
 }
 
 
@@ -197,7 +324,10 @@ class PolicyScheduler(LRScheduler):
         reference_lr: the stand-in clip (the highest lr the agent may set without a real
             bound); default the optimizer's starting lr of group 0.
         noise_ratio: the env's gradient-noise feature (NMF): float or function; default 0.
-        loss0: the loss before training; default the first loss reported.
+        loss0: the (training) loss before training; default the first loss reported.
+        initial: the other measurements before training, by the names the env's builder
+            accepts (``lrrl/DNN-v0``: ``val_loss``, ``accuracy``, ``grad_norm``; see
+            :class:`DNNObservation`); default the first reported values.
         window_loss: ``"mean"`` or ``"last"`` loss of a window stands for the decision's loss.
         deterministic: act with the policy's mean action.
         device: torch device of the agent.
@@ -213,6 +343,7 @@ class PolicyScheduler(LRScheduler):
         reference_lr: float | None = None,
         noise_ratio: FloatSource = 0.0,
         loss0: float | None = None,
+        initial: Mapping[str, float] | None = None,
         window_loss: str = "mean",
         deterministic: bool = True,
         device: str = "cpu",
@@ -231,20 +362,25 @@ class PolicyScheduler(LRScheduler):
             raise ValueError(f"total_steps={total_steps!r} is invalid: expected an integer >= 1")
         if window_loss not in ("mean", "last"):
             raise ValueError(f"window_loss={window_loss!r} is invalid: expected 'mean' or 'last'")
-        horizon = int(env_cfg.get("horizon", 50))
+        starts = [float(g["lr"]) for g in optimizer.param_groups]
+        self.ratios = [lr / starts[0] if starts[0] > 0 else 1.0 for lr in starts]
+        self.reference_lr = float(reference_lr) if reference_lr is not None else starts[0]
+        self.builder = OBSERVATION_BUILDERS[env_id](
+            env_cfg,
+            self.reference_lr,
+            lr_bound=lr_bound,
+            noise_ratio=noise_ratio,
+            optimizer=optimizer,
+        )
         if steps_per_decision is None:
-            steps_per_decision = max(1, round(total_steps / horizon))
+            steps_per_decision = max(1, round(total_steps / self.builder.horizon))
         if steps_per_decision < 1:
             raise ValueError(
                 f"steps_per_decision={steps_per_decision!r} is invalid: expected an integer >= 1"
             )
         self.model = load_agent(model_path, config["agent"].get("algo", "ppo"), device=device)
-        starts = [float(g["lr"]) for g in optimizer.param_groups]
-        self.ratios = [lr / starts[0] if starts[0] > 0 else 1.0 for lr in starts]
-        self.reference_lr = float(reference_lr) if reference_lr is not None else starts[0]
-        self.builder = OBSERVATION_BUILDERS[env_id](
-            env_cfg, self.reference_lr, lr_bound=lr_bound, noise_ratio=noise_ratio
-        )
+        initial = dict(initial or {})
+        self._check_metrics("initial", initial)
         self.total_steps = total_steps
         self.steps_per_decision = int(steps_per_decision)
         self.window_loss = window_loss
@@ -252,10 +388,20 @@ class PolicyScheduler(LRScheduler):
         self.loss0 = loss0
         self.steps = 0
         self.window: list[float] = []
+        self.metrics: dict[str, float] = {}  # the latest reported value of each metric
         self.decisions: list[float] = []  # the lr of each decision so far
         self._state: Any = None
-        self._lr = self._decide(self.builder.start(), first=True)
+        self._lr = self._decide(self.builder.start(loss0, **initial), first=True)
         super().__init__(optimizer)
+
+    def _check_metrics(self, key: str, given: Mapping[str, Any]) -> None:
+        unknown = sorted(set(given) - set(self.builder.metrics))
+        if unknown:
+            accepted = ", ".join(self.builder.metrics) or "none"
+            raise ValueError(
+                f"{key}={unknown!r} is invalid: this agent's env observes {accepted} "
+                "besides the training loss"
+            )
 
     def _decide(self, obs: np.ndarray, first: bool = False) -> float:
         action, self._state = self.model.predict(
@@ -268,8 +414,19 @@ class PolicyScheduler(LRScheduler):
         self.decisions.append(lr)
         return lr
 
-    def step(self, loss: float | Tensor | None = None, epoch: int | None = None) -> None:  # type: ignore[override]
-        """Record the loss of the optimizer step just taken; decide at the end of a window."""
+    def step(  # type: ignore[override]
+        self,
+        loss: float | Tensor | None = None,
+        epoch: int | None = None,
+        **metrics: float | Tensor,
+    ) -> None:
+        """Record the loss of the optimizer step just taken (and any other measurement the
+        agent's env observes, e.g. ``val_loss=`` for DNN agents); decide at the end of a
+        window."""
+        if metrics:
+            self._check_metrics("metrics", metrics)
+            for name, value in metrics.items():
+                self.metrics[name] = float(value.detach() if isinstance(value, Tensor) else value)
         if loss is not None:
             value = float(loss.detach() if isinstance(loss, Tensor) else loss)
             if self.loss0 is None:
@@ -282,7 +439,7 @@ class PolicyScheduler(LRScheduler):
                 )
                 self.window = []
                 progress = self.steps / self.total_steps
-                obs = self.builder.observe(self.loss0, summary, self._lr, progress)
+                obs = self.builder.observe(self.loss0, summary, self._lr, progress, **self.metrics)
                 self._lr = self._decide(obs)
         super().step()
 
