@@ -34,10 +34,19 @@ from lrrl.agents.greedylr_fit import (
 from lrrl.agents.sb3 import AgentController, load_agent
 from lrrl.cli import ConfigError
 from lrrl.config import EnvSpec
-from lrrl.distill import Candidate, dagger, distill
+from lrrl.distill import Candidate, choose, dagger, distill
 from lrrl.envs.registration import make_env
 from lrrl.pipeline import run_experiment
-from lrrl.rollout import Job, episode_seeds, jobs_for, play, run_jobs
+from lrrl.rollout import (
+    Decision,
+    DecisionState,
+    Episode,
+    Job,
+    episode_seeds,
+    jobs_for,
+    play,
+    run_jobs,
+)
 from lrrl.schedule import load_schedule
 from lrrl.schedulers import GreedyLR, greedylr_reference
 from lrrl.schedulers.policy import load_run
@@ -167,45 +176,73 @@ def _agent(run_dir: Path) -> AgentController:
     return AgentController("ppo", load_agent(model_path, run_cfg["agent"]["algo"]))
 
 
-def test_labels_are_the_agents_lrs_at_the_states_greedylr_visits(tiny_run: Path) -> None:
+class _Scripted:
+    """A stand-in agent whose actions depend on the observation and span [-1, 1]."""
+
+    name = "scripted"
+
+    def reset(self, n: int) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, state: DecisionState) -> Decision:
+        return Decision(action=np.sin(5.0 * obs.sum(axis=1, keepdims=True)))
+
+
+@pytest.mark.parametrize("which", ["trained", "scripted"])
+def test_labels_are_the_agents_lrs_at_the_states_greedylr_visits(
+    tiny_run: Path, which: str
+) -> None:
     """Each label is the lr the env would apply for the agent's action on that observation.
 
-    In ``action_mode="delta"`` the agent's lr depends on the previous lr GreedyLR applied (its
-    fraction of the clip), and with ``lr_ceiling=2`` both GreedyLR's requests and the agent's
-    can exceed the clip, so the fraction tracking and the clip are both exercised. The
-    reference is a single env replaying GreedyLR's lrs and asking the env's own mapping.
+    In ``action_mode="delta"`` the agent's lr depends on the lr GreedyLR applied before (its
+    fraction of the clip); GreedyLR doubles its lr from below the clip until the clip cuts it,
+    and with ``lr_ceiling=2`` the agent's request can exceed the clip too, so the fraction
+    tracking and both clips are exercised. The trained smoke agent acts near 0 everywhere;
+    the scripted one also lowers the lr after a clipped decision. Episodes of different
+    lengths share a batch, so some rows finish early. The reference is a single env replaying
+    GreedyLR's lrs and asking the env's own mapping at each state.
     """
     kwargs = {**SMALL_NMF, "action_mode": "delta", "lr_ceiling": 2.0, "lr_step": 1.0}
+    kwargs["families"] = ("base", "horizon", "digits")  # episodes of 2, 6 and 12 decisions
     env = make_env("lrrl/NMF-v0", **kwargs)
     u = env.unwrapped
-    agent = _agent(tiny_run)
-    greedy = greedylr_controller("g", {"factor": 0.3, "patience": 0, "max_lr": 100.0}, 10.0)
+    agent: Any = _agent(tiny_run) if which == "trained" else _Scripted()
+    params = {"factor": 0.5, "patience": 0, "min_lr": 1e-6, "max_lr": 100.0}
+    greedy = greedylr_controller("g", params, 0.005)
     runs = episode_seeds(u.instances("train"), 2, 7)
     mapping = action_lrs(env)
     assert mapping is not None
     labeller = AgentLabeller(greedy, agent, mapping)
     labelled = run_jobs("lrrl/NMF-v0", kwargs, jobs_for([labeller], runs), chunk=4)
     alone = run_jobs("lrrl/NMF-v0", kwargs, jobs_for([greedy], runs), chunk=4)
-    clipped = 0
+    wanted, clips = [], []
     for ep, ref in zip(labelled, alone, strict=True):
         assert ep.lr == ref.lr and ep.loss == ref.loss  # labelling leaves GreedyLR's run alone
         assert len(ep.label) == len(ep.lr)
         obs, _ = env.reset(seed=ep.seed, options={"instance": ep.instance})
+        agent.reset(1)
         expected = []
-        for lr in ep.lr:
-            action = agent.model.predict(obs[None], deterministic=True)[0]
-            expected.append(min(u.lr_for_action(action), u.clip))
+        for t, lr in enumerate(ep.lr):
+            state = DecisionState(
+                np.array([t]), np.array([u.horizon]), np.zeros(1), np.array([u.clip])
+            )
+            action = agent.act(obs[None], state).action[0]
+            wanted.append(u.lr_for_action(action))
+            clips.append(u.clip)
+            expected.append(min(wanted[-1], u.clip))
             u.request_lr(lr)  # GreedyLR's (applied) lr: the state it goes on to visit
-            obs, *_ = env.step(action[0])
-        assert np.allclose(ep.label, expected, rtol=1e-5), (ep.instance, ep.seed)
-        clipped += sum(ep.clipped)
+            obs, *_ = env.step(action)
+        assert np.allclose(ep.label, expected, rtol=1e-4), (ep.instance, ep.seed)
     env.close()
-    labels = np.concatenate([ep.label for ep in labelled])
-    assert clipped > 0 and len(np.unique(np.round(np.log(labels), 3))) > 3
+    assert any(sum(ep.clipped) for ep in labelled)  # GreedyLR reached the clip
+    assert (np.array(wanted) > np.array(clips)).any() and (np.array(wanted) < np.array(clips)).any()
 
 
 def test_dagger_without_a_mapping_is_open_loop_only(tiny_run: Path) -> None:
-    """An env without an action -> lr mapping: one candidate, rolled out, no labels."""
+    """An env without an action -> lr mapping (DNN): one candidate, rolled out, no labels."""
+    dnn = make_env("lrrl/DNN-v0")
+    assert action_lrs(dnn) is None
+    dnn.close()
     spec = EnvSpec.from_dict(load_run(tiny_run)[0]["env"])
     runs = episode_seeds(make_env(spec.id, **spec.options).unwrapped.instances("train"), 1, 3)
     fit = FitResult({"factor": 0.5}, 1e-2, 0.1, 0.2, 1)
@@ -213,6 +250,28 @@ def test_dagger_without_a_mapping_is_open_loop_only(tiny_run: Path) -> None:
     out = dagger(spec.id, spec.options, _agent(tiny_run), None, runs, [], first, 3, 200, 0)
     assert out == [first] and len(first.episodes) == len(runs)
     assert all(not e.label for e in first.episodes) and math.isnan(first.label_log_lr_rmse)
+
+
+def test_choose_takes_the_lowest_training_objective() -> None:
+    """Lowest mean log(loss_T/loss_0) on the fit runs wins, whatever the log-lr errors; a
+    divergence scores log(1000); ties go to the earlier candidate (the open-loop fit first)."""
+
+    def cand(name: str, log_ratios: list[float], rmse: float) -> Candidate:
+        c = Candidate(name, FitResult({}, 1e-2, rmse, 1.0, 1), 1, 1, 0.0, label_log_lr_rmse=rmse)
+        c.episodes = [
+            Episode(name, "i", k, loss=[1.0, math.exp(x)], diverged=math.isinf(x))
+            for k, x in enumerate(log_ratios)
+        ]
+        return c
+
+    cands = [
+        cand("open_loop", [-1.0, -1.0], 0.9),
+        cand("dagger_1", [-3.0, -1.0], 0.5),
+        cand("dagger_2", [-9.0, math.inf], 0.1),  # one divergence: -9 + log(1000) > -4
+        cand("dagger_3", [-2.0, -1.5], 0.2),
+    ]
+    assert choose(cands) == 1
+    assert choose([cands[0], cand("dagger_1", [-1.0, -1.0], 0.1)]) == 0
 
 
 def test_chosen_fit_trains_best_of_the_candidates(smoke_run: Path) -> None:
