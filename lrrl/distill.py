@@ -238,7 +238,9 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
     # 1. open loop: the agent's schedules on the fit instances, then the fit.
     start = time.perf_counter()
     fit_runs = episode_seeds(fit_instances, cfg.fit.episodes_per_instance, seed + 3)
-    recorded = _usable(run_jobs(env_id, env_kwargs, jobs_for([agent], fit_runs)))
+    agent_runs = run_jobs(env_id, env_kwargs, jobs_for([agent], fit_runs))
+    agent_objective = float(np.mean(stats.scores([e.log_loss_ratio for e in agent_runs])))
+    recorded = _usable(agent_runs)
     if not recorded:
         raise ConfigError(f"{run_dir}: every agent episode on the fit instances diverged")
     rollout_s = time.perf_counter() - start
@@ -341,6 +343,7 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
             "split": cfg.fit.split,
             "episodes": len(fit_runs),
             "objective": OBJECTIVE,
+            "agent_train_log_loss_ratio": agent_objective,
             "label_log_lr_rmse_definition": (
                 "log-lr rmse of the candidate against the agent's lr on the states the "
                 "candidate itself visits in closed loop (NaN without labels)"
@@ -370,7 +373,7 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
     write_json(run_dir / "distill_report.json", report)
     _plot(run_dir / "distill.png", recorded[0], episodes, candidates, chosen_index, algo)
     out = Console()
-    out.print(_candidates_table(candidates, chosen_index, cfg.fit.split))
+    out.print(_candidates_table(candidates, chosen_index, cfg.fit.split, algo, agent_objective))
     out.print(_table(L, baselines, recovered, check_split, algo))
     console.log(f"wrote greedylr.json, distill_report.json, distill.png in {run_dir}")
     return report
@@ -432,7 +435,9 @@ def _table(
     return table
 
 
-def _candidates_table(candidates: list[Candidate], chosen: int, split: str) -> Table:
+def _candidates_table(
+    candidates: list[Candidate], chosen: int, split: str, agent: str, agent_objective: float
+) -> Table:
     table = Table(title=f"GreedyLR fits in closed loop on the {split} instances (chosen there)")
     table.add_column("fit")
     table.add_column("log(loss_T/loss_0)", justify="right")
@@ -448,6 +453,7 @@ def _candidates_table(candidates: list[Candidate], chosen: int, split: str) -> T
             "*" if i == chosen else "",
             style="bold" if i == chosen else None,
         )
+    table.add_row(f"{agent} (the agent)", f"{agent_objective:.4f}", "", "", "", style="dim")
     table.caption = (
         "mean over the fit runs; rmse: log-lr error on the data fitted to, and against the "
         "agent's lr on the states the fit itself visits"
