@@ -31,16 +31,26 @@ uses it. In a training loop the fitted scheduler is used the same way::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from lrrl.agents.baselines import GreedyLRSchedule, ScheduleController
+from lrrl.envs.nmf import NMFEnv, nmf_lrs_for_actions
+from lrrl.rollout import Decision, DecisionState
 from lrrl.schedulers.greedylr import GREEDYLR_DEFAULTS, replay_greedylr
 
-__all__ = ["FIT_PARAMS", "FitResult", "fit_greedylr", "schedule_lrs"]
+__all__ = [
+    "FIT_PARAMS",
+    "AgentLabeller",
+    "FitResult",
+    "action_lrs",
+    "fit_greedylr",
+    "replay_log_lr_rmse",
+    "schedule_lrs",
+]
 
 #: GreedyLR keyword arguments that :func:`fit_greedylr` fits (besides ``initial_lr``).
 FIT_PARAMS = (
@@ -114,6 +124,17 @@ class _Space:
 
     def clip(self, z: np.ndarray) -> np.ndarray:
         return np.clip(z, self.low, self.high)
+
+    def encode(self, params: Mapping[str, Any], initial_lr: float) -> np.ndarray:
+        """The coding of GreedyLR keyword arguments (defaults for missing ones), unclipped."""
+        p = {**GREEDYLR_DEFAULTS, **params}
+        rel = p["threshold_mode"] == "rel"
+        return np.array([
+            math.log(-math.log(p["factor"])), p["patience"],
+            math.log10(p["threshold"] / (1.0 if rel else self.loss_scale)), float(rel),
+            p["cooldown"], p["warmup"], math.log(p["min_lr"]), math.log(p["max_lr"]),
+            float(bool(p["smooth"])), math.log(p["window_size"]), math.log(initial_lr),
+        ], dtype=np.float64)  # fmt: skip
 
     def decode(self, z: np.ndarray) -> dict[str, np.ndarray]:
         rel = z[:, 3] > 0.5
@@ -189,6 +210,17 @@ class _Data:
         return out
 
 
+def replay_log_lr_rmse(
+    losses: Sequence[Any], lrs: Sequence[Any], params: Mapping[str, Any], initial_lr: float
+) -> float:
+    """:func:`fit_greedylr`'s error of one parameter set: the root mean squared log-lr error
+    of GreedyLR(``params``) started at ``initial_lr`` and replayed on ``losses``, against ``lrs``
+    (schedules as in :func:`fit_greedylr`)."""
+    cand = {name: np.array([value]) for name, value in params.items()}
+    cand["initial_lr"] = np.array([float(initial_lr)])
+    return math.sqrt(float(_Data(losses, lrs).mse(cand)[0]))
+
+
 def _python_params(cand: dict[str, np.ndarray], i: int) -> tuple[dict[str, Any], float]:
     params = {
         "factor": float(cand["factor"][i]),
@@ -261,6 +293,7 @@ def fit_greedylr(
     n_elite: int = 32,
     n_polish: int = 4,
     restarts: int = 4,
+    start: tuple[Mapping[str, Any], float] | None = None,
 ) -> FitResult:
     """Fit GreedyLR's parameters and starting lr so it reproduces given schedules.
 
@@ -290,6 +323,10 @@ def fit_greedylr(
             candidate is finished by coordinate sweeps (each dimension over a grid of its
             range, repeated until no sweep improves).
         restarts: independent search populations.
+        start: ``(params, initial_lr)`` of an earlier fit (e.g. :attr:`FitResult.params`,
+            :attr:`FitResult.initial_lr`) to warm-start from: it joins the first population,
+            clipped to the search box, so the result is never worse than it on these
+            schedules unless the clipping moved it. ``None`` leaves the search unchanged.
     """
     if restarts < 1 or budget < 2 * restarts * (rounds + 1):
         raise ValueError(
@@ -324,6 +361,8 @@ def fit_greedylr(
         z = space.sample(rng, n_random)
         if restart == 0:
             z[0] = space.clip(z_default)[0]
+            if start is not None:
+                z[1] = space.clip(space.encode(*start))
         f = data.mse(space.decode(z))
         archive.update(z, f)
         n_eval += len(z)
@@ -382,3 +421,70 @@ def greedylr_controller(name: str, params: dict[str, Any], initial_lr: float) ->
     return ScheduleController(
         name, GreedyLRSchedule(lr=float(initial_lr), cadence="decision", **params)
     )
+
+
+#: ``lrs_for_actions(actions, clip, fraction)``: the learning rates a batch of env actions
+#: requests (before clipping), given each row's clip and last lr over its clip.
+LrsForActions = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def action_lrs(env: Any) -> LrsForActions | None:
+    """The action -> lr mapping of an lrrl env (``lrrl/NMF-v0``), ``None`` for other envs."""
+    u = env.unwrapped
+    if not isinstance(u, NMFEnv):
+        return None
+    config = u.cfg
+
+    def lrs(actions: np.ndarray, clip: np.ndarray, fraction: np.ndarray) -> np.ndarray:
+        return nmf_lrs_for_actions(np.asarray(actions).reshape(-1), config, clip, fraction)
+
+    return lrs
+
+
+class AgentLabeller:
+    """Plays ``controller`` and labels every decision with the lr ``agent`` would apply there.
+
+    DAgger's data collection: at each decision the agent is asked on the same observation,
+    and its action becomes a learning rate through the env's mapping ``lrs_for_actions``
+    (:func:`action_lrs`), capped at the decision's clip as the env caps it. That lr is the
+    decision's ``label`` (recorded in :attr:`lrrl.rollout.Episode.label`). The mapping's
+    ``fraction`` (the last applied lr over the clip it was applied under, NaN before the first
+    decision; only ``action_mode="delta"`` uses it) is tracked from ``controller``'s own
+    requests, the way the env tracks it. ``controller``'s decisions pass unchanged, so the
+    episodes are the ones it plays alone.
+    """
+
+    def __init__(self, controller: Any, agent: Any, lrs_for_actions: LrsForActions) -> None:
+        self.controller = controller
+        self.agent = agent
+        self.lrs_for_actions = lrs_for_actions
+        self.name = controller.name
+        self.stepwise = getattr(controller, "stepwise", False)
+        self._fraction = np.empty(0)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(getattr(self.controller, "params", {}))
+
+    def reset(self, n: int) -> None:
+        self.controller.reset(n)
+        self.agent.reset(n)
+        self._fraction = np.full(n, math.nan)
+
+    def act(self, obs: np.ndarray, state: DecisionState) -> Decision:
+        clip = np.asarray(state.clip, dtype=np.float64)
+        decision = self.controller.act(obs, state)
+        wanted = self.agent.act(obs, state)
+        label = np.minimum(self.lrs_for_actions(wanted.action, clip, self._fraction), clip)
+        request = (
+            np.asarray(decision.lr, dtype=np.float64)
+            if decision.lr is not None
+            else self.lrs_for_actions(decision.action, clip, self._fraction)
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            applied = np.minimum(request, clip)
+            self._fraction = np.where(np.isfinite(clip), applied / clip, self._fraction)
+        return Decision(lr=decision.lr, action=decision.action, label=label)
+
+    def inner(self, k: int, rows: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        return self.controller.inner(k, rows, losses)

@@ -2,8 +2,9 @@
 
 Importing it registers, in Hydra's ConfigStore, the defaults of every typed config under
 ``schema/``: ``schema/env/nmf`` (:class:`lrrl.envs.nmf.NMFConfig`), ``schema/env/dnn``
-(:class:`lrrl.envs.dnn.DNNConfig`), ``schema/eval``
-(:class:`lrrl.config.EvalConfig`) and ``schema/agent`` (:class:`lrrl.config.AgentConfig`).
+(:class:`lrrl.envs.dnn.DNNConfig`), ``schema/eval`` (:class:`lrrl.config.EvalConfig`),
+``schema/agent`` (:class:`lrrl.config.AgentConfig`) and for ``lrrl.distill`` ``schema/fit`` and
+``schema/check`` (:class:`lrrl.config.FitConfig`, :class:`lrrl.config.CheckConfig`).
 The YAML files extend them (``defaults: [/schema/...]``) and hold only what differs, so each
 default lives once, in its dataclass; ``python -m lrrl.train --cfg job`` prints them all.
 """
@@ -32,7 +33,7 @@ def register() -> None:
     """Store the typed configs' defaults under ``schema/`` (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from lrrl.config import AgentConfig, EvalConfig
+    from lrrl.config import AgentConfig, CheckConfig, EvalConfig, FitConfig
     from lrrl.envs.dnn import DNNConfig
     from lrrl.envs.nmf import NMFConfig
 
@@ -41,6 +42,8 @@ def register() -> None:
     cs.store(group="schema/env", name="dnn", node=defaults(DNNConfig))
     cs.store(group="schema", name="eval", node=defaults(EvalConfig))
     cs.store(group="schema", name="agent", node=defaults(AgentConfig))
+    cs.store(group="schema", name="fit", node=defaults(FitConfig))
+    cs.store(group="schema", name="check", node=defaults(CheckConfig))
 
 
 register()

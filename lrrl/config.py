@@ -305,3 +305,87 @@ def tune_split(env: Any, ev: EvalConfig) -> str:
     except ValueError:
         return "train"
     return "tune"
+
+
+@dataclass
+class FitConfig:
+    """The ``fit:`` block of ``lrrl.distill``: how GreedyLR is fitted to the agent.
+
+    Fields:
+        split: the instances the agent's schedules are recorded on, and where every
+            candidate fit is rolled out and chosen (never the check split).
+        episodes_per_instance: episode seeds per fit instance.
+        budget: candidate GreedyLR parameter sets the search evaluates, per fit.
+        seed: seed of the search.
+        dagger_rounds: DAgger rounds after the open-loop fit: play the current fit on the fit
+            instances, label each decision with the agent's lr for that state, refit on all
+            the data so far. 0: open loop only.
+    """
+
+    split: str = "train"
+    episodes_per_instance: int = 1
+    budget: int = 20_000
+    seed: int = 0
+    dagger_rounds: int = 3
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.split, str), "fit.split", self.split, "a split name")
+        self.episodes_per_instance = as_int(
+            "fit.episodes_per_instance", self.episodes_per_instance, 1
+        )
+        self.budget = as_int("fit.budget", self.budget, 100)
+        self.seed = as_int("fit.seed", self.seed, 0)
+        self.dagger_rounds = as_int("fit.dagger_rounds", self.dagger_rounds, 0)
+
+    @classmethod
+    def from_dict(cls, fit: Mapping[str, Any] | None) -> FitConfig:
+        return _build(cls, "fit", fit)
+
+
+@dataclass
+class CheckConfig:
+    """The ``check:`` block of ``lrrl.distill``: the closed-loop comparison.
+
+    Fields:
+        split: the instances of the comparison; ``None``: the training run's ``eval.split``.
+        episodes_per_instance: episode seeds per instance; ``None``: the run's
+            ``eval.episodes_per_instance``.
+    """
+
+    split: str | None = None
+    episodes_per_instance: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.split is not None:
+            require(isinstance(self.split, str), "check.split", self.split, "a split name")
+        if self.episodes_per_instance is not None:
+            self.episodes_per_instance = as_int(
+                "check.episodes_per_instance", self.episodes_per_instance, 1
+            )
+
+    @classmethod
+    def from_dict(cls, check: Mapping[str, Any] | None) -> CheckConfig:
+        return _build(cls, "check", check)
+
+
+@dataclass
+class DistillConfig:
+    """A whole ``lrrl.distill`` run (``conf/distill.yaml``), checked before any work starts."""
+
+    run_dir: str
+    fit: FitConfig
+    check: CheckConfig
+    torch_threads: int = 1
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> DistillConfig:
+        check_options("config", dict(config), _fields(cls))
+        run_dir = config.get("run_dir")
+        if not run_dir:
+            raise ValueError("run_dir is required: python -m lrrl.distill run_dir=outputs/<run>")
+        return cls(
+            run_dir=str(run_dir),
+            fit=FitConfig.from_dict(config.get("fit")),
+            check=CheckConfig.from_dict(config.get("check")),
+            torch_threads=as_int("torch_threads", config.get("torch_threads", 1), 1),
+        )

@@ -47,6 +47,7 @@ class Decision:
 
     lr: np.ndarray | None = None  # (n,) learning rates, requested exactly (then clipped)
     action: np.ndarray | None = None  # (n, 1) actions
+    label: np.ndarray | None = None  # (n,) a value recorded beside the decision (Episode.label)
 
 
 class Controller(Protocol):
@@ -56,7 +57,8 @@ class Controller(Protocol):
     with ``stepwise = True`` also reacts to every inner optimizer step's training loss through
     ``inner(k, rows, losses) -> lrs`` (``rows`` index its episodes; NaN keeps the lr): the
     harness feeds it each inner step's loss and applies the lrs it returns from the next inner
-    step on.
+    step on. A decision may also carry a ``label`` per row, which the harness records in
+    :attr:`Episode.label` beside the decision (e.g. the lr a teacher would have chosen there).
     """
 
     name: str
@@ -79,6 +81,7 @@ class Episode:
     loss: list[float] = field(default_factory=list)  # loss[0] before the first decision
     clipped: list[bool] = field(default_factory=list)
     diverged: bool = False
+    label: list[float] = field(default_factory=list)  # per decision, where the controller gives one
 
     @property
     def final_loss(self) -> float:
@@ -179,15 +182,22 @@ class _Rows:
         self.stepwise = [
             c for c, ctrl in enumerate(self.controllers) if getattr(ctrl, "stepwise", False)
         ]
+        self.labels = np.full(self.size, math.nan)  # the last decision's labels, by row
+        self.labelled = np.zeros(self.size, dtype=bool)
 
     def reset(self) -> None:
         for ctrl, rows in zip(self.controllers, self.rows, strict=True):
             ctrl.reset(rows.size)
 
     def decide(self, obs: np.ndarray, state: DecisionState) -> tuple[np.ndarray, np.ndarray]:
-        """``(requests, actions)`` for the whole batch: NaN requests where actions rule."""
+        """``(requests, actions)`` for the whole batch: NaN requests where actions rule.
+
+        Labels the controllers give are kept in ``labels`` (``labelled`` marks their rows).
+        """
         requests = np.full(self.size, math.nan)
         actions = np.zeros((self.size, 1), dtype=np.float32)
+        self.labels = np.full(self.size, math.nan)
+        self.labelled = np.zeros(self.size, dtype=bool)
         for ctrl, rows in zip(self.controllers, self.rows, strict=True):
             sub = DecisionState(*(getattr(state, f.name)[rows] for f in fields(DecisionState)))
             decision = ctrl.act(obs[rows], sub)
@@ -195,6 +205,9 @@ class _Rows:
                 requests[rows] = decision.lr
             if decision.action is not None:
                 actions[rows] = np.asarray(decision.action, dtype=np.float32).reshape(-1, 1)
+            if decision.label is not None:
+                self.labels[rows] = decision.label
+                self.labelled[rows] = True
         return requests, actions
 
     def inner_hook(self) -> Callable[[int, np.ndarray, np.ndarray], np.ndarray] | None:
@@ -320,6 +333,8 @@ def _play_batched(env_id: str, env_kwargs: dict[str, Any], jobs: list[Job]) -> l
                 e.loss.append(float(info["loss"][i]))
                 e.clipped.append(bool(info["clipped"][i]))
                 e.diverged = e.diverged or bool(info["diverged"][i])
+                if rows.labelled[i]:
+                    e.label.append(float(rows.labels[i]))
             loss = np.where(live, np.asarray(info["loss"], dtype=np.float64), loss)
             t += live
             live &= ~(terminated | truncated)
@@ -367,6 +382,8 @@ def play(env: gym.Env, job: Job) -> Episode:
             episode.loss.append(float(info["loss"]))
             episode.clipped.append(bool(info["clipped"]))
             episode.diverged = episode.diverged or bool(info["diverged"])
+            if rows.labelled[0]:
+                episode.label.append(float(rows.labels[0]))
             done = terminated or truncated
             t += 1
     finally:

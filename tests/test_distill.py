@@ -1,9 +1,12 @@
-"""lrrl.distill end to end on a smoke training run, and the greedylr.json contract."""
+"""lrrl.distill end to end on a smoke training run, its DAgger rounds, and the greedylr.json
+contract."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +15,41 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL_NMF
+from conftest import compose as compose_config
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from lrrl.agents.greedylr_fit import fit_greedylr, greedylr_controller, schedule_lrs
+import lrrl.distill
+from lrrl import stats
+from lrrl.agents.greedylr_fit import (
+    AgentLabeller,
+    FitResult,
+    action_lrs,
+    fit_greedylr,
+    greedylr_controller,
+    replay_log_lr_rmse,
+    schedule_lrs,
+)
+from lrrl.agents.sb3 import AgentController, load_agent
+from lrrl.cli import ConfigError
 from lrrl.config import EnvSpec
-from lrrl.distill import distill
+from lrrl.distill import Candidate, choose, dagger, distill
 from lrrl.envs.registration import make_env
 from lrrl.pipeline import run_experiment
-from lrrl.rollout import Job, play
+from lrrl.rollout import (
+    Decision,
+    DecisionState,
+    Episode,
+    Job,
+    episode_seeds,
+    jobs_for,
+    play,
+    run_jobs,
+)
 from lrrl.schedule import load_schedule
 from lrrl.schedulers import GreedyLR, greedylr_reference
+from lrrl.schedulers.policy import load_run
 
 HFGreedyLR = pytest.importorskip("transformers.optimization").GreedyLR
 get_scheduler = pytest.importorskip("transformers").get_scheduler
@@ -127,3 +154,185 @@ def test_cli_rejects_a_missing_run_dir_in_one_line(tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("lrrl.distill: error: run_dir="), lines
     assert not (tmp_path / ".hydra").exists()
+
+
+def test_warm_start_is_never_lost() -> None:
+    """A refit started from a fit is at least as good as it on the same schedules."""
+    rng = np.random.default_rng(1)
+    losses = [np.exp(np.cumsum(np.r_[0, rng.normal(-0.02, 0.03, 30)])) for _ in range(4)]
+    true = {"factor": 0.6, "patience": 3, "threshold": 1e-3, "threshold_mode": "rel"}
+    lrs = [schedule_lrs(loss, 30, 0.05, **true)[0] for loss in losses]
+    cold = fit_greedylr(losses, lrs, budget=200, seed=0)
+    warm = fit_greedylr(losses, lrs, budget=200, seed=0, start=(true, 0.05))
+    assert replay_log_lr_rmse(losses, lrs, true, 0.05) < 1e-12
+    assert warm.log_lr_rmse < 1e-9 < cold.log_lr_rmse  # too small a budget to find it cold
+
+
+# -- DAgger ------------------------------------------------------------------------------
+
+
+def _agent(run_dir: Path) -> AgentController:
+    run_cfg, model_path = load_run(run_dir)
+    return AgentController("ppo", load_agent(model_path, run_cfg["agent"]["algo"]))
+
+
+class _Scripted:
+    """A stand-in agent whose actions depend on the observation and span [-1, 1]."""
+
+    name = "scripted"
+
+    def reset(self, n: int) -> None:
+        pass
+
+    def act(self, obs: np.ndarray, state: DecisionState) -> Decision:
+        return Decision(action=np.sin(5.0 * obs.sum(axis=1, keepdims=True)))
+
+
+@pytest.mark.parametrize("which", ["trained", "scripted"])
+def test_labels_are_the_agents_lrs_at_the_states_greedylr_visits(
+    tiny_run: Path, which: str
+) -> None:
+    """Each label is the lr the env would apply for the agent's action on that observation.
+
+    In ``action_mode="delta"`` the agent's lr depends on the lr GreedyLR applied before (its
+    fraction of the clip); GreedyLR doubles its lr from below the clip until the clip cuts it,
+    and with ``lr_ceiling=2`` the agent's request can exceed the clip too, so the fraction
+    tracking and both clips are exercised. The trained smoke agent acts near 0 everywhere;
+    the scripted one also lowers the lr after a clipped decision. Episodes of different
+    lengths share a batch, so some rows finish early. The reference is a single env replaying
+    GreedyLR's lrs and asking the env's own mapping at each state.
+    """
+    kwargs = {**SMALL_NMF, "action_mode": "delta", "lr_ceiling": 2.0, "lr_step": 1.0}
+    kwargs["families"] = ("base", "horizon", "digits")  # episodes of 2, 6 and 12 decisions
+    env = make_env("lrrl/NMF-v0", **kwargs)
+    u = env.unwrapped
+    agent: Any = _agent(tiny_run) if which == "trained" else _Scripted()
+    params = {"factor": 0.5, "patience": 0, "min_lr": 1e-6, "max_lr": 100.0}
+    greedy = greedylr_controller("g", params, 0.005)
+    runs = episode_seeds(u.instances("train"), 2, 7)
+    mapping = action_lrs(env)
+    assert mapping is not None
+    labeller = AgentLabeller(greedy, agent, mapping)
+    labelled = run_jobs("lrrl/NMF-v0", kwargs, jobs_for([labeller], runs), chunk=4)
+    alone = run_jobs("lrrl/NMF-v0", kwargs, jobs_for([greedy], runs), chunk=4)
+    wanted, clips = [], []
+    for ep, ref in zip(labelled, alone, strict=True):
+        assert ep.lr == ref.lr and ep.loss == ref.loss  # labelling leaves GreedyLR's run alone
+        assert len(ep.label) == len(ep.lr)
+        obs, _ = env.reset(seed=ep.seed, options={"instance": ep.instance})
+        agent.reset(1)
+        expected = []
+        for t, lr in enumerate(ep.lr):
+            state = DecisionState(
+                np.array([t]), np.array([u.horizon]), np.zeros(1), np.array([u.clip])
+            )
+            action = agent.act(obs[None], state).action[0]
+            wanted.append(u.lr_for_action(action))
+            clips.append(u.clip)
+            expected.append(min(wanted[-1], u.clip))
+            u.request_lr(lr)  # GreedyLR's (applied) lr: the state it goes on to visit
+            obs, *_ = env.step(action)
+        assert np.allclose(ep.label, expected, rtol=1e-4), (ep.instance, ep.seed)
+    env.close()
+    assert any(sum(ep.clipped) for ep in labelled)  # GreedyLR reached the clip
+    assert (np.array(wanted) > np.array(clips)).any() and (np.array(wanted) < np.array(clips)).any()
+
+
+def test_dagger_without_a_mapping_is_open_loop_only(tiny_run: Path) -> None:
+    """An env without an action -> lr mapping (DNN): one candidate, rolled out, no labels."""
+    dnn = make_env("lrrl/DNN-v0")
+    assert action_lrs(dnn) is None
+    dnn.close()
+    spec = EnvSpec.from_dict(load_run(tiny_run)[0]["env"])
+    runs = episode_seeds(make_env(spec.id, **spec.options).unwrapped.instances("train"), 1, 3)
+    fit = FitResult({"factor": 0.5}, 1e-2, 0.1, 0.2, 1)
+    first = Candidate("open_loop", fit, 1, 8, 0.0)
+    out = dagger(spec.id, spec.options, _agent(tiny_run), None, runs, [], first, 3, 200, 0)
+    assert out == [first] and len(first.episodes) == len(runs)
+    assert all(not e.label for e in first.episodes) and math.isnan(first.label_log_lr_rmse)
+
+
+def test_choose_takes_the_lowest_training_objective() -> None:
+    """Lowest mean log(loss_T/loss_0) on the fit runs wins, whatever the log-lr errors; a
+    divergence scores log(1000); ties go to the earlier candidate (the open-loop fit first)."""
+
+    def cand(name: str, log_ratios: list[float], rmse: float) -> Candidate:
+        c = Candidate(name, FitResult({}, 1e-2, rmse, 1.0, 1), 1, 1, 0.0, label_log_lr_rmse=rmse)
+        c.episodes = [
+            Episode(name, "i", k, loss=[1.0, math.exp(x)], diverged=math.isinf(x))
+            for k, x in enumerate(log_ratios)
+        ]
+        return c
+
+    cands = [
+        cand("open_loop", [-1.0, -1.0], 0.9),
+        cand("dagger_1", [-3.0, -1.0], 0.5),
+        cand("dagger_2", [-9.0, math.inf], 0.1),  # one divergence: -9 + log(1000) > -4
+        cand("dagger_3", [-2.0, -1.5], 0.2),
+    ]
+    assert choose(cands) == 1
+    assert choose([cands[0], cand("dagger_1", [-1.0, -1.0], 0.1)]) == 0
+
+
+def test_chosen_fit_trains_best_of_the_candidates(smoke_run: Path) -> None:
+    """Every candidate's reported training objective is its own closed loop on the fit runs
+    (re-played here without the labeller), and greedylr.json holds the best of them."""
+    report = json.loads((smoke_run / "distill_report.json").read_text())
+    chosen = json.loads((smoke_run / "greedylr.json").read_text())
+    dag = report["dagger"]
+    candidates = dag["candidates"]
+    assert [c["name"] for c in candidates] == ["open_loop", "dagger_1", "dagger_2", "dagger_3"]
+    run_cfg, _ = load_run(smoke_run)
+    spec = EnvSpec.from_dict(run_cfg["env"])
+    instances = make_env(spec.id, **spec.options).unwrapped.instances(dag["split"])
+    runs = episode_seeds(instances, 1, run_cfg["seed"] + 3)
+    objectives = []
+    for c in candidates:
+        ctrl = greedylr_controller(c["name"], c["params"], c["initial_lr"])
+        eps = run_jobs(spec.id, spec.options, jobs_for([ctrl], runs))
+        objectives.append(float(np.mean(stats.scores([e.log_loss_ratio for e in eps]))))
+    assert [c["train_log_loss_ratio"] for c in candidates] == pytest.approx(objectives)
+    assert len(set(objectives)) > 1  # the rounds changed the fit
+    best = int(np.argmin(objectives))
+    assert dag["chosen"] == candidates[best]["name"] and candidates[best]["chosen"]
+    assert (chosen["params"], chosen["initial_lr"]) == (
+        candidates[best]["params"],
+        candidates[best]["initial_lr"],
+    )
+    assert report["fit"]["params"] == candidates[0]["params"]  # the open-loop fit
+    assert candidates[1]["schedules"] > candidates[0]["schedules"]  # data aggregated
+
+
+def test_no_dagger_rounds_is_the_open_loop_fit(tiny_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    overrides = (f"run_dir={run_dir}", "fit.budget=400", "fit.dagger_rounds=0")
+    distill(compose_config(*overrides, config_name="distill"))
+    report = json.loads((run_dir / "distill_report.json").read_text())
+    written = json.loads((run_dir / "greedylr.json").read_text())
+    # The open-loop fit, computed here from the agent's own schedules on the fit runs.
+    run_cfg, _ = load_run(run_dir)
+    spec = EnvSpec.from_dict(run_cfg["env"])
+    instances = make_env(spec.id, **spec.options).unwrapped.instances("train")
+    runs = episode_seeds(instances, 1, run_cfg["seed"] + 3)
+    eps = run_jobs(spec.id, spec.options, jobs_for([_agent(run_dir)], runs))
+    fit = fit_greedylr([e.loss for e in eps], [e.lr for e in eps], 400, 0)
+    assert (written["params"], written["initial_lr"]) == (fit.params, fit.initial_lr)
+    assert [c["name"] for c in report["dagger"]["candidates"]] == ["open_loop"]
+    assert report["dagger"]["chosen"] == "open_loop" and report["dagger"]["rounds"] == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "two", "true", "null"])
+def test_bad_dagger_rounds_fail_before_any_work(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    def no_work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("work started before the config was checked")
+
+    monkeypatch.setattr(lrrl.distill, "load_run", no_work)
+    monkeypatch.setattr(lrrl.distill, "run_jobs", no_work)
+    overrides = (f"run_dir={tiny_run}", f"fit.dagger_rounds={value}")
+    config = compose_config(*overrides, config_name="distill")
+    expected = r"^fit\.dagger_rounds=.* is invalid: expected an integer >= 0$"
+    with pytest.raises(ConfigError, match=expected):
+        distill(config)
