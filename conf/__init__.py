@@ -3,8 +3,9 @@
 Importing it registers, in Hydra's ConfigStore, the defaults of every typed config under
 ``schema/``: ``schema/env/nmf`` (:class:`lrrl.envs.nmf.NMFConfig`), ``schema/env/dnn``
 (:class:`lrrl.envs.dnn.DNNConfig`), ``schema/eval`` (:class:`lrrl.config.EvalConfig`),
-``schema/agent`` (:class:`lrrl.config.AgentConfig`) and for ``lrrl.distill`` ``schema/fit`` and
-``schema/check`` (:class:`lrrl.config.FitConfig`, :class:`lrrl.config.CheckConfig`).
+``schema/agent`` (:class:`lrrl.config.AgentConfig`), for ``lrrl.distill`` ``schema/fit`` and
+``schema/check`` (:class:`lrrl.config.FitConfig`, :class:`lrrl.config.CheckConfig`), and
+``schema/hydra/sweeper/lrrl_optuna`` (:class:`lrrl.sweeper.SweeperConfig`).
 The YAML files extend them (``defaults: [/schema/...]``) and hold only what differs, so each
 default lives once, in its dataclass; ``python -m lrrl.train --cfg job`` prints them all.
 """
@@ -36,6 +37,7 @@ def register() -> None:
     from lrrl.config import AgentConfig, CheckConfig, EvalConfig, FitConfig
     from lrrl.envs.dnn import DNNConfig
     from lrrl.envs.nmf import NMFConfig
+    from lrrl.sweeper import SweeperConfig
 
     cs = ConfigStore.instance()
     cs.store(group="schema/env", name="nmf", node=defaults(NMFConfig))
@@ -44,6 +46,7 @@ def register() -> None:
     cs.store(group="schema", name="agent", node=defaults(AgentConfig))
     cs.store(group="schema", name="fit", node=defaults(FitConfig))
     cs.store(group="schema", name="check", node=defaults(CheckConfig))
+    cs.store(group="schema/hydra/sweeper", name="lrrl_optuna", node=defaults(SweeperConfig))
 
 
 register()

@@ -23,6 +23,17 @@ LAUNCHER_PLUGINS = {
 }
 
 
+#: lrrl's Hydra sweepers (``hydra/sweeper=...``, in ``conf/hydra/sweeper/``): the plugin class,
+#: the module it needs and the extra that installs that.
+SWEEPER_PLUGINS = {
+    "lrrl_optuna": (
+        "hydra_plugins.lrrl_sweeper.lrrl_optuna_sweeper.LrrlOptunaSweeper",
+        "optuna",
+        "tune",
+    ),
+}
+
+
 class ConfigError(ValueError):
     """A bad option found before any work started; reported in one line, exit status 2."""
 
@@ -75,3 +86,27 @@ def check_launcher(args: list[str]) -> None:
                 f"hydra/launcher={value!r} needs the {module.split('.')[-1]} plugin, "
                 f"which is not installed: pip install 'lrrl[{extra}]'"
             )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def register_plugins() -> None:
+    """Make lrrl's Hydra plugins known to Hydra.
+
+    Hydra finds plugins by listing the ``hydra_plugins`` folders on ``sys.path``. A regular
+    install puts ``hydra_plugins/lrrl_sweeper/`` there; an editable install serves it through
+    an import hook that such a listing cannot see, so the classes are registered by hand.
+    """
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()
+    for target, _, _ in SWEEPER_PLUGINS.values():
+        module, _, name = target.rpartition(".")
+        if target in plugins.class_name_to_class or not _importable(module):
+            continue  # found by Hydra, or an install of lrrl older than the plugin
+        plugins.register(getattr(importlib.import_module(module), name))

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lrrl import checkpoint
-from lrrl.cli import ConfigError, check_group_choices, check_launcher, fail
+from lrrl.cli import ConfigError, check_group_choices, check_launcher, fail, register_plugins
 from lrrl.pipeline import run_experiment, validate
 
 # The process id in default run dir names: two runs started in the same microsecond differ.
@@ -160,6 +160,7 @@ def main() -> None:
                     checkpoint.check_fresh(Path(arg.split("=", 1)[1]))
     except ConfigError as err:
         fail("lrrl.train", err)
+    register_plugins()
     _hydra_main()
 
 
