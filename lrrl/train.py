@@ -24,6 +24,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lrrl import checkpoint
@@ -44,6 +45,8 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         result = run_experiment(config, run_dir, argv=sys.argv)
     except ConfigError as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # one job of a sweep: the launcher records it failed, the others go on
         fail("lrrl.train", err)
     return result["objective"]
 

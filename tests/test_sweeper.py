@@ -312,6 +312,28 @@ def _train(cwd: Path, *args: str, sweep: Path) -> subprocess.CompletedProcess:
     )
 
 
+def test_a_trial_the_config_rejects_fails_alone(tmp_path: Path) -> None:
+    # lr_floor must be below 1: the up-front check passes (it tries the low end, 0.999), but
+    # the sampled values are all above 1, so each trial's config check fails (a ConfigError
+    # in the job); the search records both trials failed instead of exiting at the first
+    sweep = tmp_path / "sweep"
+    done = _train(
+        tmp_path,
+        *FAST,
+        "hydra.sweeper.n_trials=2",
+        "env.lr_floor=interval(0.999, 1000)",
+        sweep=sweep,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    # the reason, without a traceback
+    assert "Traceback" not in done.stderr
+    expected = "no trial of study 'lrrl' completed (2 failed; the first: ConfigError: lr_floor="
+    assert any(line.startswith(expected) for line in done.stderr.splitlines())
+    trials = study(sweep).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2
+    assert all("lr_floor" in t.user_attrs["error"] for t in trials)
+
+
 @pytest.mark.slow
 def test_a_search_through_lrrl_train_and_its_resumption(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
