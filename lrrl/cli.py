@@ -88,11 +88,36 @@ def check_launcher(args: list[str]) -> None:
             )
 
 
+def requested_sweeper(args: list[str]) -> str | None:
+    """The lrrl sweeper a command line selects (``hydra/sweeper=lrrl_optuna``), if any."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/sweeper" and value in SWEEPER_PLUGINS:
+            return value
+    return None
+
+
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # a parent package is missing
         return False
+
+
+def check_sweeper_installed(name: str) -> None:
+    """Reject an lrrl sweeper whose library or plugin module is missing, saying what to do."""
+    target, module, extra = SWEEPER_PLUGINS[name]
+    if not _importable(module):
+        raise ConfigError(
+            f"hydra/sweeper={name!r} needs {module}, which is not installed: "
+            f"pip install 'lrrl[{extra}]'"
+        )
+    plugin = target.rpartition(".")[0]
+    if not _importable(plugin):
+        raise ConfigError(
+            f"hydra/sweeper={name!r} needs the module {plugin}, which this install of lrrl "
+            "predates: reinstall lrrl (pip install -e . in its checkout)"
+        )
 
 
 def register_plugins() -> None:

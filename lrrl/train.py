@@ -28,7 +28,15 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lrrl import checkpoint
-from lrrl.cli import ConfigError, check_group_choices, check_launcher, fail, register_plugins
+from lrrl.cli import (
+    ConfigError,
+    check_group_choices,
+    check_launcher,
+    check_sweeper_installed,
+    fail,
+    register_plugins,
+    requested_sweeper,
+)
 from lrrl.pipeline import run_experiment, validate
 
 # The process id in default run dir names: two runs started in the same microsecond differ.
@@ -75,6 +83,43 @@ def check_config(args: list[str]) -> dict[str, Any]:
         raise _error(err) from None
     validate(config)  # type: ignore[arg-type]
     return config  # type: ignore[return-value]
+
+
+def check_sweeper(args: list[str]) -> None:
+    """Check the search of ``hydra/sweeper=lrrl_optuna`` and the config its trials run with.
+
+    The search space (``hydra.sweeper.params`` and the command line's sweeps) is parsed, and
+    the config of a trial (the fixed overrides, each searched key at its first choice or low
+    end, ``hydra.sweeper.trial_overrides``) is checked, so a bad search fails before any trial.
+    """
+    name = requested_sweeper(args)
+    if name is None:
+        return
+    check_sweeper_installed(name)
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from lrrl.sweeper import SweeperConfig, parse_search_space
+
+    overrides = [a for a in args if not a.startswith("-")]
+    hydra_overrides = [a for a in overrides if a.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=hydra_overrides, return_hydra_config=True)
+        sweeper = SweeperConfig.from_dict(cfg.hydra.sweeper)
+        task = [a for a in overrides if a not in hydra_overrides]
+        dimensions, fixed = parse_search_space(sweeper.params, task)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise _error(err) from None
+    sampled = [d.override(d.first()) for d in dimensions.values()]
+    try:
+        check_config([*fixed, *sampled, *sweeper.trial_overrides])
+    except ConfigError as err:
+        raise ConfigError(
+            f"{err} (in a trial's config, with hydra.sweeper.trial_overrides="
+            f"[{','.join(sweeper.trial_overrides)}])"
+        ) from None
 
 
 #: Sweeps with more jobs than this are checked by each job instead of up front.
@@ -147,6 +192,7 @@ def main() -> None:
     try:
         check_group_choices(args)
         check_launcher(args)
+        check_sweeper(args)
         resumes = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
         if resumes:
             resume(resumes[-1], [a for a in args if not a.startswith("resume=")])

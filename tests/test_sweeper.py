@@ -127,6 +127,39 @@ def test_the_preset_searches_ppo_scored_on_the_tuning_instances() -> None:
     assert all(OmegaConf.select(cfg, k) is not None for k in dims)  # keys of agent=ppo
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["agent.hyperparams.gamma=interval(0.999, 0.9)"],
+            "agent.hyperparams.gamma='interval(0.999, 0.9)' is invalid: expected "
+            "choice(a, b, ...) or a,b,...; range(start, stop[, step]); interval(low, high), "
+            "int(interval(low, high)) or tag(log, interval(...)); or a single value "
+            "(the interval's low end 0.999 must be below its high end 0.9)",
+        ),
+        (  # trials are scored on the tuning split, which the DNN env lacks
+            ["env=dnn"],
+            "eval.split: split='tune' is invalid: expected one of ('train', 'test', 'heldout', "
+            "'all') (in a trial's config, with hydra.sweeper.trial_overrides="
+            "[eval.split=tune,eval.tune_split=train])",
+        ),
+        (  # a searched key the config lacks (the PPO space with agent=a2c)
+            ["agent=a2c"],
+            "Could not override 'agent.hyperparams.batch_size'.",
+        ),
+    ],
+)
+def test_a_bad_search_fails_in_one_line_before_any_trial(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    sweep = tmp_path / "sweep"
+    done = _train(tmp_path, "debug=smoke", *args, sweep=sweep)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"lrrl.train: error: {message}"), lines
+    assert not sweep.exists()
+
+
 # -- the search, with an in-process launcher ------------------------------------------------
 
 
