@@ -68,13 +68,18 @@ def _error(err: BaseException) -> ConfigError:
     return ConfigError(message)
 
 
+def is_hydra_override(arg: str) -> bool:
+    """An override of Hydra's own config (``hydra.run.dir=``, ``+hydra.x=``, ``hydra/launcher=``)."""
+    return arg.lstrip("+~").startswith("hydra")
+
+
 def check_config(args: list[str]) -> dict[str, Any]:
     """Compose the config of a single run from its command-line overrides and validate it."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    overrides = [a for a in args if not a.startswith("-") and not is_hydra_override(a)]
     try:
         with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
             cfg = compose(config_name="train", overrides=overrides)
@@ -103,7 +108,7 @@ def check_sweeper(args: list[str]) -> None:
     from lrrl.sweeper import SweeperConfig, parse_search_space
 
     overrides = [a for a in args if not a.startswith("-")]
-    hydra_overrides = [a for a in overrides if a.lstrip("+~").startswith("hydra")]
+    hydra_overrides = [a for a in overrides if is_hydra_override(a)]
     try:
         with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
             cfg = compose(config_name="train", overrides=hydra_overrides, return_hydra_config=True)
@@ -137,7 +142,7 @@ def sweep_jobs(args: list[str]) -> list[list[str]] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    overrides = [a for a in args if not a.startswith("-") and not is_hydra_override(a)]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         choices = []

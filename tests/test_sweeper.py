@@ -160,6 +160,21 @@ def test_a_bad_search_fails_in_one_line_before_any_trial(
     assert not sweep.exists()
 
 
+def test_a_search_space_replaced_on_the_command_line_passes_the_checks() -> None:
+    from lrrl.train import check_config, check_sweeper, sweep_jobs
+
+    args = [
+        "-m",
+        "agent=a2c",
+        "hydra/sweeper=lrrl_optuna",
+        "~hydra.sweeper.params",  # Hydra's overrides, though they start with ~ and +
+        "+hydra.sweeper.params={agent.hyperparams.learning_rate: 'interval(1e-4, 1e-2)'}",
+    ]
+    check_sweeper(args)
+    assert sweep_jobs(args) == [["agent=a2c"]]
+    check_config(args)
+
+
 # -- the search, with an in-process launcher ------------------------------------------------
 
 
