@@ -4,12 +4,15 @@
     python -m lrrl.train -m env=nmf seed=0,1,2      # a sweep into multirun/
     python -m lrrl.train env=nmf debug=smoke        # every stage in seconds
     python -m lrrl.train resume=outputs/RUN         # continue a killed run from its checkpoint
+    python -m lrrl.train -m hydra/sweeper=lrrl_optuna hydra.sweep.dir=multirun/search
+                                                    # hyperparameter search (lrrl.sweeper)
 
 The run directory receives ``.hydra/`` (the composed config and overrides: enough to re-run),
 ``model.zip``, ``schedule.json`` (the learned schedule on the test instances),
 ``schedules/<baseline>.json``, ``metrics.json`` and ``schedules.png``, and while training
-``checkpoint/`` (see :mod:`lrrl.checkpoint`). ``main`` returns the mean test
-``log(loss_T / loss_0)`` of the learned schedule, the objective a sweeper minimises.
+``checkpoint/`` (see :mod:`lrrl.checkpoint`). ``main`` returns the mean
+``log(loss_T / loss_0)`` of the learned schedule on ``eval.split`` (the test instances; the
+tuning ones in a search), the objective a sweeper minimises.
 
 A single run's config is composed and checked before Hydra creates the run dir, so a bad
 option is one line on stderr (exit status 2) and leaves nothing on disk.
