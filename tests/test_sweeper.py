@@ -142,7 +142,7 @@ def test_the_preset_searches_ppo_scored_on_the_tuning_instances() -> None:
             ["env=dnn"],
             "eval.split: split='tune' is invalid: expected one of ('train', 'test', 'heldout', "
             "'all') (in a trial's config, with hydra.sweeper.trial_overrides="
-            "[eval.split=tune,eval.tune_split=train])",
+            "[eval.split=tune,eval.tune_split=train,eval.baselines=[],eval.unclipped=[]])",
         ),
         (  # a searched key the config lacks (the PPO space with agent=a2c)
             ["agent=a2c"],
