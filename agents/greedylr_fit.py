@@ -284,6 +284,12 @@ def _coordinate_sweeps(
     return z, f, evaluated
 
 
+def min_budget(rounds: int = 20, restarts: int = 4) -> int:
+    """The smallest ``budget`` :func:`fit_greedylr` accepts: two candidates per round and
+    restart (one to explore, one to keep)."""
+    return 2 * max(restarts, 1) * (rounds + 1)
+
+
 def fit_greedylr(
     losses: Sequence[Any],
     lrs: Sequence[Any],
@@ -328,10 +334,10 @@ def fit_greedylr(
             clipped to the search box, so the result is never worse than it on these
             schedules unless the clipping moved it. ``None`` leaves the search unchanged.
     """
-    if restarts < 1 or budget < 2 * restarts * (rounds + 1):
+    if restarts < 1 or budget < min_budget(rounds, restarts):
         raise ValueError(
             f"budget={budget} and restarts={restarts} are invalid: expected restarts >= 1 and "
-            f"budget >= {2 * max(restarts, 1) * (rounds + 1)}"
+            f"budget >= {min_budget(rounds, restarts)}"
         )
     data = _Data(losses, lrs)
     space = _Space(data.log_lo, data.log_hi, data.t_max, data.loss_scale)

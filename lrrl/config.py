@@ -333,7 +333,9 @@ class FitConfig:
         self.episodes_per_instance = as_int(
             "fit.episodes_per_instance", self.episodes_per_instance, 1
         )
-        self.budget = as_int("fit.budget", self.budget, 100)
+        from lrrl.agents.greedylr_fit import min_budget
+
+        self.budget = as_int("fit.budget", self.budget, min_budget())
         self.seed = as_int("fit.seed", self.seed, 0)
         self.dagger_rounds = as_int("fit.dagger_rounds", self.dagger_rounds, 0)
 

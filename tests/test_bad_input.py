@@ -118,6 +118,8 @@ CASES = [
     ("distill", ["run_dir=MISSING"], None, "no such directory"),
     ("distill", ["run_dir=RUN"], _corrupt_config, "cannot read the run's config"),
     ("distill", ["run_dir=RUN"], _truncate_model, "not a saved agent"),
+    # below the fit's smallest budget: refused before the rollouts, not after them
+    ("distill", ["run_dir=RUN", "fit.budget=150"], None, "fit.budget=150 is invalid"),
 ]
 
 
