@@ -21,10 +21,12 @@ from lrrl.pipeline import validate
 RUN_FILES = ("model.zip", "schedule.json", "metrics.json", "schedules.png", "episodes.csv")
 
 
-def run_cli(*args: str, cwd: Path, mode: str = "disabled") -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, mode: str = "disabled", tool: str = "lrrl.train"
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": mode}
     return subprocess.run(
-        [sys.executable, "-m", "lrrl.train", *args],
+        [sys.executable, "-m", tool, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -117,20 +119,12 @@ def test_report_takes_the_shared_baselines_from_one_evaluation(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     shared = tmp_path / "shared"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lrrl.evaluate",
-            *quiet,
-            "schedulers=[constant,cosine]",
-            f"hydra.run.dir={shared}",
-        ],
+    done = run_cli(
+        *quiet,
+        "schedulers=[constant,cosine]",
+        f"hydra.run.dir={shared}",
         cwd=tmp_path,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tool="lrrl.evaluate",
     )
     assert done.returncode == 0, done.stderr[-2000:]
     script = Path(__file__).parents[1] / "experiments" / "report.py"
