@@ -20,7 +20,7 @@ from noisy.tuning import Dimension, candidates, objective, pick_best, search_spa
 torch.set_num_threads(1)
 
 #: A learning rate that trains each family well (from a constant-rate sweep).
-GOOD_LR = {"mlp": 0.07, "cnn": 0.3, "softmax": 1.0, "gru": 0.01, "nmf": 20.0}
+GOOD_LR = {"mlp": 0.07, "cnn": 0.1, "softmax": 1.0, "gru": 0.01, "nmf": 20.0}
 GREEDY = {
     "factor": 0.5,
     "patience": 1,

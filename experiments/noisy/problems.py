@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from lrrl.envs.dnn_models import build_model, build_optimizer
-from lrrl.envs.dnn_tasks import SEQ_VOCAB, load_task
+from lrrl.envs.dnn_tasks import SEQ_VOCAB, TaskData, _generated, _images
 from lrrl.envs.nmf_instances import NMFInstance
 from lrrl.envs.nmf_ops import loss_from_residual, residual
 
@@ -286,13 +286,38 @@ def build_trainee(family: str, noise: str, seed: int, strengths: NoiseStrengths)
             W = scale * torch.randn(m, NMF_RANK).abs()
             H = scale * torch.randn(NMF_RANK, n).abs()
             return FactorisationTrainee(V, observed, W, H, _nmf_matrix(seed, 1))
-        data = load_task("sequence" if family == "gru" else "digits", "train")
+        data = study_data("sequence" if family == "gru" else "digits")
         model = _classifier_model(family, data.input_shape, data.classes)
     y = data.y_train
     observed = y
     if noise == "label":
         observed = _corrupt_labels(y, strengths.label_fraction, targets)
     return ClassifierTrainee(model, data.x_train, y, observed)
+
+
+def study_data(task: str) -> TaskData:
+    """The study's fixed data: every other digit image (or 1,200 generated token sequences),
+    shuffled by a fixed seed, a quarter held out. Independent of the DNN env's instance pools,
+    so the study's recorded results stay reproducible when those change."""
+    if task == "digits":
+        x, y = _images(task)
+        x, y = x[::2], y[::2]
+    else:
+        x, y = _generated(task, seed=14)
+    order = np.random.default_rng(7).permutation(len(x))
+    x, y = x[order], y[order]
+    n_val = len(x) // 4
+    dtype = torch.long if task == "sequence" else torch.float32
+    xt, yt = torch.as_tensor(np.ascontiguousarray(x), dtype=dtype), torch.as_tensor(y)
+    return TaskData(
+        task,
+        xt[n_val:],
+        yt[n_val:].long(),
+        xt[:n_val],
+        yt[:n_val].long(),
+        10 if task == "digits" else SEQ_VOCAB,
+        vocab=SEQ_VOCAB if task == "sequence" else 0,
+    )
 
 
 def build_family_optimizer(family: str, trainee: Trainee, lr: float) -> torch.optim.Optimizer:
