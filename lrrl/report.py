@@ -83,7 +83,8 @@ def headline(summaries: Mapping[str, Mapping[str, Any]], subject: str | None) ->
     out["lr_jitter"] = summaries[subject]["lr_jitter"]
     out["divergence_rate"] = summaries[subject]["divergence_rate"]
     hind = [n for n in summaries if n.startswith("hindsight_")]
-    if best is not None and hind:
+    # Paired figures exist only against an agent (a comparison of baselines alone has none).
+    if best is not None and hind and all("vs_subject" in summaries[n] for n in (best, *hind)):
         out["headroom"] = headroom(summaries, subject, best, hind)
     return out
 

@@ -455,6 +455,11 @@ def test_headroom_capture_by_hand():
     assert room["x"]["hindsight_over_best"] == pytest.approx(0.8)
     assert room["x"]["captured"] == pytest.approx(math.log(0.9) / math.log(0.8))
     assert room["y"]["captured"] == pytest.approx(0.0)
+    # Baselines compared without an agent carry no paired figures: no headroom, no crash
+    # (python -m lrrl.evaluate env=nmf eval.headroom=true, the README's shared evaluation).
+    alone = {k: {x: y for x, y in v.items() if x != "vs_subject"} for k, v in summaries.items()}
+    alone["constant"]["lr_jitter"], alone["constant"]["divergence_rate"] = 0.0, 0.0
+    assert "headroom" not in report.headline(alone, "constant")
 
 
 def test_optimality_gap_is_zero_at_the_sklearn_solution_with_the_env_loss():
