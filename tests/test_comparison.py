@@ -459,6 +459,7 @@ def test_headroom_capture_by_hand():
     # (python -m lrrl.evaluate env=nmf eval.headroom=true, the README's shared evaluation).
     alone = {k: {x: y for x, y in v.items() if x != "vs_subject"} for k, v in summaries.items()}
     alone["constant"]["lr_jitter"], alone["constant"]["divergence_rate"] = 0.0, 0.0
+    alone["cosine"] = {"log_loss_ratio": -0.8, "spikes_per_episode": 0.0}
     assert "headroom" not in report.headline(alone, "constant")
 
 
