@@ -270,6 +270,19 @@ def test_results_do_not_depend_on_chunks_or_workers():
         np.testing.assert_allclose(a.loss, b.loss, rtol=1e-10)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_batched_rollouts_on_cuda_equal_the_cpu_ones():
+    """The evaluation path on the GPU (env.device=cuda): same episodes as on the CPU."""
+    kwargs = {**SMALL, "families": ("base", "exact", "grad_noise"), "dtype": "float64"}
+    runs = rollout.episode_seeds(make_env(ENV_ID, **kwargs).unwrapped.instances("test"), 1, 3)
+    jobs = jobs_for([ScheduleController("c", make_schedule("cosine", lr=1.0))], runs)
+    cpu = run_jobs(ENV_ID, kwargs, jobs)
+    gpu = run_jobs(ENV_ID, {**kwargs, "device": "cuda"}, jobs)
+    for a, b in zip(cpu, gpu, strict=True):
+        np.testing.assert_allclose(a.loss, b.loss, rtol=1e-6)
+        np.testing.assert_allclose(a.lr, b.lr, rtol=1e-6)
+
+
 # -- tuning and the comparison ---------------------------------------------------------------
 
 

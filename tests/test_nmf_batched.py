@@ -253,3 +253,17 @@ def test_ppo_trains_on_the_batched_env_through_the_pipeline(tmp_path):
     assert metrics["train"]["episodes"] > 0
     assert (tmp_path / "model.zip").is_file() and (tmp_path / "schedule.json").is_file()
     assert math.isfinite(metrics["schedulers"]["ppo"]["final_loss"])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_batched_env_on_cuda_matches_the_cpu_one():
+    """The batched env (training and evaluation) on the GPU steps as on the CPU."""
+    kwargs = {**SMALL_NMF, "dtype": "float64"}
+    envs = [BatchedNMFEnv(8, **kwargs), BatchedNMFEnv(8, device="cuda", **kwargs)]
+    obs = [env.reset(seed=5)[0] for env in envs]
+    np.testing.assert_allclose(obs[0], obs[1], rtol=1e-6, atol=1e-9)
+    actions = np.random.default_rng(0).uniform(-1, 1, (6, 8, 1)).astype(np.float32)
+    for a in actions:
+        (o_cpu, r_cpu, *_), (o_gpu, r_gpu, *_) = (env.step(a) for env in envs)
+        np.testing.assert_allclose(o_cpu, o_gpu, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(r_cpu, r_gpu, rtol=1e-6, atol=1e-9)
