@@ -3,7 +3,8 @@
     python experiments/readme_output.py bench-env -- python experiments/bench_env_overhead.py
 
 replaces the text between ``<!-- output:bench-env -->`` and ``<!-- /output:bench-env -->`` in
-README.md by the command and its standard output (a code block), so figures that benchmark
+README.md by the command and its standard output (a code block; with ``--markdown`` the output
+as it is, for scripts that print markdown tables), so figures that benchmark
 scripts print reach the README without being typed by hand. ``--from FILE`` takes the output
 from a file an earlier run saved instead of running the command again (the command is still
 shown). The command runs from the repository root; a failing command changes nothing.
@@ -21,13 +22,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def replace_output(readme: Path, label: str, command: str, output: str) -> None:
+def replace_output(
+    readme: Path, label: str, command: str, output: str, markdown: bool = False
+) -> None:
     start, end = f"<!-- output:{label} -->", f"<!-- /output:{label} -->"
     content = readme.read_text()
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(content):
         raise SystemExit(f"readme_output: error: {readme} has no {start} ... {end} markers")
-    block = f"{start}\n```\n$ {command}\n{output.rstrip()}\n```\n{end}"
+    if markdown:  # the output is markdown (tables): shown as such, below its command
+        block = f"{start}\n`{command}`\n\n{output.strip()}\n{end}"
+    else:
+        block = f"{start}\n```\n$ {command}\n{output.rstrip()}\n```\n{end}"
     readme.write_text(pattern.sub(lambda _: block, content))
 
 
@@ -36,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("label")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--from", dest="source", type=Path, help="take the output from here")
+    parser.add_argument("--markdown", action="store_true", help="the output is markdown")
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv or argv.index("--") == len(argv) - 1:
         parser.error("give the command after --")
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"readme_output: error: {shlex.join(command)} exited {done.returncode}"
             )
         output = done.stdout
-    replace_output(args.readme, args.label, shlex.join(command), output)
+    replace_output(args.readme, args.label, shlex.join(command), output, args.markdown)
     print(output, end="")
 
 
