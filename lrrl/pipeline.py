@@ -125,8 +125,13 @@ def _run(
             show_progress=cfg.progress_bar,
         )
         train_stats["eval_time_s"] = time.perf_counter() - eval_start
-        Console().print(
-            report.table(comparison.summaries, comparison.details, comparison.split, algo)
+        out = Console()
+        out.print(report.table(comparison.summaries, comparison.details, comparison.split, algo))
+        out.print(
+            f"{algo}: {train_stats['timesteps']} env steps of training in "
+            f"{train_stats['wall_time_s']:.0f} s; tuning and comparison on "
+            f"{len(comparison.episodes[algo])} {comparison.split} episodes in "
+            f"{train_stats['eval_time_s']:.0f} s"
         )
         probe = make_env(cfg.env.id, **cfg.env.options)
         steps_per_action = probe.unwrapped.steps_per_action
