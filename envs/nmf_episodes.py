@@ -38,6 +38,10 @@ OBS_SIZE = 8
 OBS_LIMIT = 50.0
 
 
+#: Episodes stepped together above which groups are also split by size (see ``_groups``).
+SPLIT_ABOVE = 32
+
+
 @dataclass
 class Transition:
     """What one decision did to each episode of the batch (arrays of length ``B``)."""
@@ -254,11 +258,13 @@ class NMFEpisodes:
     def _groups(self, idx: np.ndarray) -> list[np.ndarray]:
         """``idx`` split into groups that run as one set of batched ops each.
 
-        A group is padded to its largest episode, so episodes share a group only when that
-        costs little: the same kind of gradient (full, or minibatch sizes within a factor of
-        four: 2-4, 5-16, 17-64, ...) and ``m``, ``n`` and ``r`` each within a factor of two.
-        Without the size buckets a mixed suite (the default test split) pads every episode to
-        its largest matrix and rank, ten times the arithmetic of its median instance.
+        A group is padded to its largest episode. Episodes share a group when they have the
+        same kind of gradient (full, or minibatch sizes within a factor of four: 2-4, 5-16,
+        17-64, ...); with more than :data:`SPLIT_ABOVE` episodes, also only when ``m``, ``n``
+        and ``r`` are each within a factor of two. Each group costs a fixed Python and
+        per-operation overhead per inner step, so a few sub-envs (training) run fastest padded
+        together, while an evaluation chunk of a mixed suite, padded to its largest matrix and
+        rank, would do ten times the arithmetic of its median instance.
         """
         if idx.size == 0:
             return []
@@ -268,15 +274,14 @@ class NMFEpisodes:
             return np.ceil(np.log(np.maximum(x, 1)) / np.log(base)).astype(np.int64)
 
         # 0 for full gradients, else 1 + the power-of-four bucket of the minibatch size.
-        keys = np.stack(
-            [
-                np.where(sizes > 0, bucket(sizes, 4.0) + 1, 0),
+        columns = [np.where(sizes > 0, bucket(sizes, 4.0) + 1, 0)]
+        if idx.size > SPLIT_ABOVE:
+            columns += [
                 bucket(self.m[idx], 2.0),
                 bucket(self.n[idx], 2.0),
                 bucket(self.r[idx], 2.0),
-            ],
-            axis=1,
-        )
+            ]
+        keys = np.stack(columns, axis=1)
         if (keys == keys[0]).all():
             return [idx]
         _, which = np.unique(keys, axis=0, return_inverse=True)
