@@ -177,7 +177,7 @@ def family_table(sweep: Sweep, samples: int) -> tuple[str, dict[str, Any]]:
     free = best(sweep, [n for n in names if n.endswith("@unclipped")])
     hind = [n for n in names if n.startswith("hindsight_")]
     agent = sweep.scores[sweep.subject]
-    families = sorted(set(sweep.family.values()))
+    families = sorted({f for f in sweep.family.values() if f})  # DNN instances have none
     headers = [f"{sweep.subject} / {top} (best tuned)"]
     if "follow_bound" in names:
         headers.append(f"{sweep.subject} / follow_bound")
