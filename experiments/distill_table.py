@@ -24,14 +24,16 @@ def row(run_dir: Path) -> dict[str, float | str]:
     L = {name: s["log_loss_ratio"] for name, s in check["schedulers"].items()}
     agent = next(n for n in L if not n.startswith("greedylr"))
     dagger = report.get("dagger") or {}
+    # Only where the agent beat GreedyLR's defaults is there a gain to keep.
+    gain = L["greedylr_default"] - L[agent] > 0
     return {
         "run": run_dir.name,
         "agent": L[agent],
         "default": L["greedylr_default"],
         "open_loop": L.get("greedylr_open_loop", math.nan),
         "distilled": L["greedylr_distilled"],
-        "kept_open": check.get("recovered_gain_open_loop", math.nan),
-        "kept": check["recovered_gain"],
+        "kept_open": check.get("recovered_gain_open_loop", math.nan) if gain else math.nan,
+        "kept": check["recovered_gain"] if gain else math.nan,
         "chosen": str(dagger.get("chosen", "open loop")),
     }
 
@@ -47,20 +49,27 @@ def main() -> None:
         "gain kept: open loop | gain kept: chosen | chosen candidate |"
     )
     print("|---|---|---|---|---|---|---|---|")
+
+    def share(x: float) -> str:
+        return "–" if math.isnan(x) else f"{x:.0%}"
+
     for r in rows:
         cells = " | ".join(f"{r[k]:.3f}" for k in keys)
-        print(f"| {r['run']} | {cells} | {r['kept_open']:.0%} | {r['kept']:.0%} | {r['chosen']} |")
+        print(
+            f"| {r['run']} | {cells} | {share(float(r['kept_open']))} | {share(float(r['kept']))}"
+            f" | {r['chosen']} |"
+        )
     mean = {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
     gap = mean["default"] - mean["agent"]
 
     def kept(name: str) -> str:
-        return f"{(mean['default'] - mean[name]) / gap:.0%}" if gap else "–"
+        return f"{(mean['default'] - mean[name]) / gap:.0%}" if gap > 0 else "–"
 
     cells = " | ".join(f"{mean[k]:.3f}" for k in keys)
     print(f"| **mean** | {cells} | {kept('open_loop')} | {kept('distilled')} | |")
     print(
         "\n(test mean log(loss_T/loss_0); gain kept = (L_default - L_fit) / (L_default - L_agent);"
-        " negative: the fit ends worse than GreedyLR's defaults)"
+        " negative: the fit ends worse than GreedyLR's defaults; –: the agent did not beat them)"
     )
 
 
