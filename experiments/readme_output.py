@@ -22,19 +22,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def replace_between(path: Path, kind: str, label: str, block: str) -> None:
+    """Put ``block`` between ``<!-- KIND:LABEL -->`` and ``<!-- /KIND:LABEL -->`` in ``path``
+    (the markers must exist; they stay). Every generated README section goes through here."""
+    start, end = f"<!-- {kind}:{label} -->", f"<!-- /{kind}:{label} -->"
+    content = path.read_text()
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if not pattern.search(content):
+        raise SystemExit(f"{path} has no {start} ... {end} markers")
+    path.write_text(pattern.sub(lambda _: f"{start}\n{block}\n{end}", content))
+
+
 def replace_output(
     readme: Path, label: str, command: str, output: str, markdown: bool = False
 ) -> None:
-    start, end = f"<!-- output:{label} -->", f"<!-- /output:{label} -->"
-    content = readme.read_text()
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"readme_output: error: {readme} has no {start} ... {end} markers")
     if markdown:  # the output is markdown (tables): shown as such, below its command
-        block = f"{start}\n`{command}`\n\n{output.strip()}\n{end}"
+        block = f"`{command}`\n\n{output.strip()}"
     else:
-        block = f"{start}\n```\n$ {command}\n{output.rstrip()}\n```\n{end}"
-    readme.write_text(pattern.sub(lambda _: block, content))
+        block = f"```\n$ {command}\n{output.rstrip()}\n```"
+    replace_between(readme, "output", label, block)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -37,7 +37,6 @@ import argparse
 import csv
 import json
 import math
-import re
 import shlex
 import sys
 from collections import defaultdict
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from readme_output import replace_between
 
 from lrrl import stats
 from lrrl.agents.baselines import BASELINES
@@ -230,13 +230,8 @@ def per_seed_line(sweep: Sweep, top: str | None) -> str:
 
 
 def replace_section(path: Path, label: str, text: str) -> None:
-    """Put ``text`` between the README markers of ``label`` (which must exist)."""
-    start, end = f"<!-- report:{label} -->", f"<!-- /report:{label} -->"
-    content = path.read_text()
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(content):
-        raise SystemExit(f"report: error: {path} has no {start} ... {end} markers")
-    path.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content))
+    """Put ``text`` between the README markers ``<!-- report:LABEL -->`` (which must exist)."""
+    replace_between(path, "report", label, text)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
