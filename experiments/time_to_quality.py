@@ -17,7 +17,6 @@ shipped config; ``wide`` steps 64 sub-envs of the batched env with 16 steps each
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -27,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from report import read_shared
+
+from lrrl import stats
 
 SETTINGS: dict[str, list[str]] = {
     "default": [],
@@ -72,16 +74,15 @@ def train(out: Path, setting: str, budget: int, seed: int, quick: bool) -> dict[
     }
 
 
-def best_shared(folder: Path) -> tuple[str, float] | None:
-    """The best scheduler (lowest mean test log ratio) of a shared evaluation dir."""
-    path = folder / "episodes.csv"
-    if not path.is_file():
-        raise SystemExit(f"time_to_quality: error: --shared {folder} has no episodes.csv")
+def best_shared(folder: Path) -> tuple[str, float]:
+    """The best scheduler (lowest mean test score) of a shared evaluation dir, hindsight
+    references aside; divergences score as in every comparison (``lrrl.stats.scores``)."""
     by: dict[str, list[float]] = {}
-    for row in csv.DictReader(path.open()):
-        value = float(row["log_loss_ratio"])
-        by.setdefault(row["scheduler"], []).append(value if np.isfinite(value) else np.log(1e3))
-    means = {name: float(np.mean(v)) for name, v in by.items() if "hindsight" not in name}
+    for row in read_shared(folder):
+        by.setdefault(row["scheduler"], []).append(float(row["log_loss_ratio"]))
+    means = {
+        name: float(stats.scores(v).mean()) for name, v in by.items() if "hindsight" not in name
+    }
     name = min(means, key=means.__getitem__)
     return name, means[name]
 
