@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,17 @@ def smoke_run(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(tiny_run, run_dir)
     distill(compose(f"run_dir={run_dir}", "fit.budget=500", config_name="distill"))
     return run_dir
+
+
+def run_cli(
+    *args: str, cwd: Path, mode: str = "disabled", tool: str = "lrrl.train"
+) -> subprocess.CompletedProcess:
+    """Run an lrrl entry point (``python -m TOOL ARGS``) as a user would, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", tool, *args],
+        cwd=cwd,
+        env={**os.environ, "WANDB_MODE": mode},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

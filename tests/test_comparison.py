@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_NMF, compose
+from conftest import SMALL_NMF, compose, run_cli
 
 from lrrl import report, rollout, stats, tuning
 from lrrl.agents.baselines import (
@@ -495,18 +491,6 @@ def test_optimality_gap_is_zero_at_the_sklearn_solution_with_the_env_loss():
 # -- the command line --------------------------------------------------------------------------
 
 
-def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_evaluate_reproduces_the_train_runs_comparison(tiny_run, tmp_path):
     from lrrl.evaluate import run_evaluation
 
@@ -537,7 +521,7 @@ def test_evaluate_reproduces_the_train_runs_comparison(tiny_run, tmp_path):
     ],
 )
 def test_evaluate_cli_errors_in_one_line(tmp_path, args, message):
-    result = _cli("lrrl.evaluate", *args, cwd=tmp_path)
+    result = run_cli(*args, cwd=tmp_path, tool="lrrl.evaluate")
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lrrl.evaluate: error:") and message in lines[0]
@@ -545,12 +529,12 @@ def test_evaluate_cli_errors_in_one_line(tmp_path, args, message):
 
 @pytest.mark.slow
 def test_evaluate_cli_reproduces_a_train_run(tiny_run, tmp_path):
-    evaluated = _cli(
-        "lrrl.evaluate",
+    evaluated = run_cli(
         f"run_dir={tiny_run}",
         "progress_bar=false",
         "hydra.run.dir=" + str(tmp_path / "e"),
         cwd=tmp_path,
+        tool="lrrl.evaluate",
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     before = json.loads((tiny_run / "metrics.json").read_text())["schedulers"]

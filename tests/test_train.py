@@ -5,34 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose, tiny_config
+from conftest import compose, run_cli, tiny_config
 from omegaconf import OmegaConf
 
 from lrrl.cli import ConfigError
 from lrrl.pipeline import validate
 
 RUN_FILES = ("model.zip", "schedule.json", "metrics.json", "schedules.png", "episodes.csv")
-
-
-def run_cli(
-    *args: str, cwd: Path, mode: str = "disabled", tool: str = "lrrl.train"
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": mode}
-    return subprocess.run(
-        [sys.executable, "-m", tool, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def assert_complete(run_dir: Path) -> dict:
