@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lrrl.envs.base import as_float, as_int, check_options, require
+from lrrl.sweeper import TrialLink
 
 #: Learning-rate-free references: ``name -> (inner optimizer, constant lr)``, the package's
 #: recommended learning rate. They run on envs that take an ``optimizer`` option (DNN).
@@ -245,6 +246,8 @@ class TrainConfig:
     seed: int = 0
     torch_threads: int = 1
     progress_bar: bool = True
+    #: In a hyperparameter search: where this trial reports its progress (``lrrl.sweeper``).
+    search: TrialLink | None = None
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> TrainConfig:
@@ -264,6 +267,7 @@ class TrainConfig:
             seed=as_int("seed", config.get("seed", 0), 0),
             torch_threads=as_int("torch_threads", config.get("torch_threads", 1), 1),
             progress_bar=bool(config.get("progress_bar", True)),
+            search=None if config.get("search") is None else TrialLink.from_dict(config["search"]),
         )
         from lrrl.agents.vec import check_vec_env
 

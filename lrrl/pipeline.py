@@ -22,7 +22,7 @@ from lrrl.config import TrainConfig
 from lrrl.envs.registration import make_env
 from lrrl.outputs import run_info, write_outputs
 from lrrl.seeding import seed_everything
-from lrrl.tracking import TrackingCallback, make_tracker
+from lrrl.tracking import TrackingCallback, TrialReporter, make_tracker
 
 
 def validate(config: dict[str, Any]) -> TrainConfig:
@@ -53,7 +53,9 @@ def _train_agent(
             device=agent.device,
         )
         state = checkpoint.TrainState()
-    callback = TrackingCallback(tracker)
+    # a search trial reports to its study; a resumed run's trial was finished by its search
+    reporter = TrialReporter(cfg.search) if cfg.search is not None and not resume else None
+    callback = TrackingCallback(tracker, reporter)
     callback.episodes, callback.divergences = state.episodes, state.divergences
     saver = checkpoint.CheckpointCallback(
         folder, agent.checkpoint_every, callback, state.wall_time_s

@@ -35,6 +35,17 @@ Objective
     non-numeric value is marked failed with the reason in its ``error`` attribute; the search
     goes on.
 
+Pruning
+    Each trial's config gets a ``search:`` block (:class:`TrialLink`) naming its study and
+    trial, and ``lrrl.train`` reports the trial's progress there while it trains: every
+    ``report_every`` env steps, the mean ``-return`` of the training episodes that ended since
+    the last report (with lrrl's reward, ``log(loss_T / loss_0)`` on the training instances:
+    the objective's measure, played by the exploring policy). With ``pruner: median`` (the
+    default) a trial whose value from ``prune_warmup_steps`` on is worse than the median of the
+    finished trials at the same step is stopped and marked pruned; the first
+    ``prune_startup_trials`` trials are never pruned. Pruning needs ``storage`` (the jobs
+    report to the stored study) and ``direction: minimize``.
+
 Batches and resuming
     Each batch asks ``n_jobs`` trials and launches them together through the configured Hydra
     launcher (``hydra/launcher=lrrl_joblib`` runs them in parallel). Trial ``k`` runs as Hydra
@@ -83,6 +94,7 @@ ACCEPTED = (
     "int(interval(low, high)) or tag(log, interval(...)); or a single value"
 )
 DIRECTIONS = ("minimize", "maximize")
+PRUNERS = ("median", "none")
 RESULTS_FILE = "optimization_results.yaml"
 #: Study attribute holding the search a study was created for (checked on resume).
 SEARCH_ATTR = "lrrl_search"
@@ -107,6 +119,10 @@ class SweeperConfig:
         storage: optuna storage URL (``sqlite:///path.db``); ``None``: in memory, no resume.
         study_name: the study's name in the storage.
         trial_overrides: overrides applied last to every trial.
+        pruner: ``median`` (stop trials worse than the median at the same step) or ``none``.
+        prune_startup_trials: trials that finish before any is pruned.
+        prune_warmup_steps: env steps a trial trains before it can be pruned.
+        report_every: env steps between a trial's reports of its progress to the study.
     """
 
     params: dict[str, Any] = field(default_factory=dict)
@@ -117,9 +133,36 @@ class SweeperConfig:
     storage: str | None = None
     study_name: str = "lrrl"
     trial_overrides: list[str] = field(default_factory=list)
+    pruner: str = "median"
+    prune_startup_trials: int = 5
+    prune_warmup_steps: int = 20_000
+    report_every: int = 5_000
 
     def __post_init__(self) -> None:
         self.n_trials = as_int("hydra.sweeper.n_trials", self.n_trials, 1)
+        self.prune_startup_trials = as_int(
+            "hydra.sweeper.prune_startup_trials", self.prune_startup_trials, 0
+        )
+        self.prune_warmup_steps = as_int(
+            "hydra.sweeper.prune_warmup_steps", self.prune_warmup_steps, 0
+        )
+        self.report_every = as_int("hydra.sweeper.report_every", self.report_every, 1)
+        require(self.pruner in PRUNERS, "hydra.sweeper.pruner", self.pruner, f"one of {PRUNERS}")
+        if self.pruner != "none":
+            require(
+                self.storage is not None,
+                "hydra.sweeper.storage",
+                self.storage,
+                f"a storage URL with hydra.sweeper.pruner={self.pruner} (trials report to the "
+                "stored study), or hydra.sweeper.pruner=none",
+            )
+            require(
+                self.direction == "minimize",
+                "hydra.sweeper.direction",
+                self.direction,
+                "'minimize' with pruning (trials report the negated training return), or "
+                "hydra.sweeper.pruner=none",
+            )
         self.n_jobs = as_int("hydra.sweeper.n_jobs", self.n_jobs, 1)
         self.seed = as_int("hydra.sweeper.seed", self.seed, 0)
         require(
@@ -153,6 +196,81 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+@dataclass
+class TrialLink:
+    """The ``search:`` block of a trial's config: where its job reports progress (Pruning).
+
+    The sweeper writes it (:meth:`override`); ``lrrl.train`` reads it into
+    ``TrainConfig.search`` and reports through :meth:`open`. Outside a search it is ``null``.
+    """
+
+    storage: str
+    study_name: str
+    trial: int
+    pruner: str
+    startup_trials: int
+    warmup_steps: int
+    report_every: int
+
+    def __post_init__(self) -> None:
+        self.trial = as_int("search.trial", self.trial, 0)
+        self.startup_trials = as_int("search.startup_trials", self.startup_trials, 0)
+        self.warmup_steps = as_int("search.warmup_steps", self.warmup_steps, 0)
+        self.report_every = as_int("search.report_every", self.report_every, 1)
+        require(self.pruner in PRUNERS, "search.pruner", self.pruner, f"one of {PRUNERS}")
+
+    @classmethod
+    def from_dict(cls, given: Mapping[str, Any]) -> TrialLink:
+        require(isinstance(given, Mapping), "search", given, "a mapping (written by the sweeper)")
+        given = dict(given)
+        fields = [f.name for f in dataclasses.fields(cls)]
+        check_options("search", given, fields)
+        missing = sorted(set(fields) - set(given))
+        require(not missing, "search", given, f"every one of {fields} (missing {missing})")
+        return cls(**given)
+
+    @classmethod
+    def of(cls, cfg: SweeperConfig, trial: int) -> TrialLink:
+        assert cfg.storage is not None
+        return cls(
+            storage=cfg.storage,
+            study_name=cfg.study_name,
+            trial=trial,
+            pruner=cfg.pruner,
+            startup_trials=cfg.prune_startup_trials,
+            warmup_steps=cfg.prune_warmup_steps,
+            report_every=cfg.report_every,
+        )
+
+    def override(self) -> str:
+        """``search={...}`` in Hydra's override grammar (strings quoted)."""
+
+        def text(value: Any) -> str:
+            if isinstance(value, str):
+                return "'" + value.replace("'", "\\'") + "'"
+            return str(value)
+
+        items = ",".join(
+            f"{f.name}:{text(getattr(self, f.name))}" for f in dataclasses.fields(self)
+        )
+        return f"search={{{items}}}"
+
+    def open(self) -> optuna.trial.Trial:
+        """The trial in its stored study, with the search's pruner (public optuna API only)."""
+        import optuna
+
+        storage = optuna.storages.get_storage(self.storage)
+        pruner: optuna.pruners.BasePruner = (
+            optuna.pruners.MedianPruner(self.startup_trials, self.warmup_steps)
+            if self.pruner == "median"
+            else optuna.pruners.NopPruner()
+        )
+        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=pruner)
+        study_id = storage.get_study_id_from_name(self.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.trial)
+        return optuna.trial.Trial(study, trial_id)
 
 
 # -- the search space -----------------------------------------------------------------------
@@ -386,9 +504,11 @@ class OptunaSearch:
 
     def _overrides(self, trial: optuna.trial.Trial) -> list[str]:
         sampled = [d.override(trial.params[k]) for k, d in self.dimensions.items()]
-        return [*self.fixed, *sampled, *self.cfg.trial_overrides]
+        link = [] if self.cfg.storage is None else [TrialLink.of(self.cfg, trial.number).override()]
+        return [*self.fixed, *sampled, *link, *self.cfg.trial_overrides]
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, ret: JobReturn) -> None:
+        import optuna
         from optuna.trial import TrialState
 
         if ret.hydra_cfg is not None:
@@ -397,6 +517,10 @@ class OptunaSearch:
         value = math.nan
         try:
             result = ret.return_value  # raises the job's exception if it failed
+        except optuna.TrialPruned as err:
+            study.tell(trial, state=TrialState.PRUNED)
+            log.info(f"trial {trial.number} pruned ({err})")
+            return
         except Exception as err:
             message = str(err).strip().splitlines()
             error = f"{type(err).__name__}: {message[0]}" if message else type(err).__name__

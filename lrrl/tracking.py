@@ -11,10 +11,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
+
+if TYPE_CHECKING:
+    from lrrl.sweeper import TrialLink
 
 WANDB_MODES = ("offline", "online", "disabled")
 #: The ``logger=`` choices (``conf/logger/<name>.yaml``).
@@ -190,12 +193,51 @@ def make_tracker(
     raise ValueError(f"logger={kind!r} is invalid: expected one of {list(LOGGERS)}")
 
 
-class TrackingCallback(BaseCallback):
-    """Logs each finished training episode: return, final loss, learning rates, divergences."""
+class TrialReporter:
+    """A search trial's progress, reported to its optuna study (see ``lrrl.sweeper``, Pruning).
 
-    def __init__(self, tracker: Tracker) -> None:
+    Every ``report_every`` env steps it reports the mean negated return of the training
+    episodes that ended since the last report, at step ``k * report_every``, so trials with
+    different rollout sizes report at the same steps; it raises ``optuna.TrialPruned`` when
+    the study's pruner says so.
+    """
+
+    def __init__(self, link: TrialLink) -> None:
+        self.link = link
+        self.trial = link.open()
+        self.next_step = link.report_every
+        self._returns: list[float] = []
+
+    def episode(self, episode_return: float) -> None:
+        self._returns.append(episode_return)
+
+    def step(self, num_timesteps: int) -> None:
+        import optuna
+
+        if num_timesteps < self.next_step:
+            return
+        step = num_timesteps // self.link.report_every * self.link.report_every
+        self.next_step = step + self.link.report_every
+        finite = [r for r in self._returns if math.isfinite(r)]
+        self._returns = []
+        if not finite:
+            return
+        value = -float(np.mean(finite))
+        self.trial.report(value, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"at step {step}: mean -return {value:.4g}")
+
+
+class TrackingCallback(BaseCallback):
+    """Logs each finished training episode: return, final loss, learning rates, divergences.
+
+    In a search trial (``reporter``) each episode's return also goes to the trial's study.
+    """
+
+    def __init__(self, tracker: Tracker, reporter: TrialReporter | None = None) -> None:
         super().__init__()
         self.tracker = tracker
+        self.reporter = reporter
         self.episodes = 0
         self.divergences = 0
         self._lrs: dict[int, list[float]] = {}
@@ -219,5 +261,9 @@ class TrackingCallback(BaseCallback):
             }
             if "episode" in info:
                 metrics["charts/episodic_return"] = float(info["episode"]["r"])
+                if self.reporter is not None:
+                    self.reporter.episode(metrics["charts/episodic_return"])
             self.tracker.log(metrics, step=self.num_timesteps)
+        if self.reporter is not None:
+            self.reporter.step(self.num_timesteps)
         return True

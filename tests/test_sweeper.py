@@ -26,7 +26,16 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from lrrl.sweeper import RESULTS_FILE, OptunaSearch, SearchError, parse_search_space
+from lrrl.config import TrainConfig
+from lrrl.sweeper import (
+    RESULTS_FILE,
+    OptunaSearch,
+    SearchError,
+    SweeperConfig,
+    TrialLink,
+    parse_search_space,
+)
+from lrrl.tracking import TrialReporter
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -329,6 +338,91 @@ def test_resuming_with_another_search_is_refused(tmp_path: Path) -> None:
         search(tmp_path, n_trials=2, params=narrower).sweep(["env.rank=4"])
 
 
+# -- pruning: trials report progress to the stored study -------------------------------------
+
+
+def test_a_trials_link_to_its_study_reaches_the_train_config_through_hydra() -> None:
+    link = TrialLink.of(SweeperConfig(storage="sqlite:///runs/it's here/optuna.db"), trial=7)
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["env=nmf", "debug=smoke", link.override()])
+    config = TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    assert config.search == link
+    assert link.pruner == "median" and link.report_every == 5_000  # the sweeper's defaults
+    with initialize_config_module(config_module="lrrl.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["env=nmf", "debug=smoke"])
+    assert TrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True)).search is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"pruner": "hyperband"}, "hydra.sweeper.pruner='hyperband' is invalid: expected one of"),
+        ({"storage": None}, "hydra.sweeper.storage=None is invalid: expected a storage URL"),
+        ({"direction": "maximize"}, "hydra.sweeper.direction='maximize' is invalid"),
+        ({"report_every": 0}, "hydra.sweeper.report_every=0 is invalid: expected an integer >= 1"),
+    ],
+)
+def test_a_bad_pruning_option_names_itself(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        SweeperConfig(**{"storage": "sqlite:///x.db", **options})
+
+
+def test_a_search_without_storage_or_minimising_runs_without_pruning() -> None:
+    SweeperConfig(storage=None, pruner="none")
+    SweeperConfig(storage="sqlite:///x.db", direction="maximize", pruner="none")
+
+
+def reporting_objective(overrides: dict[str, str]) -> float:
+    """A job that trains about 10,000 env steps in rollouts of 768, reporting through the real
+    TrialReporter; its episode returns fall with the distance of log10(lr) from -3."""
+    parser = OverridesParser.create()
+    (override,) = parser.parse_overrides([f"search={overrides['search']}"])
+    reporter = TrialReporter(TrialLink.from_dict(override.value()))
+    loss = lr_objective(overrides)
+    for t in range(768, 11_000, 768):  # the last rollout ends past 10,000
+        reporter.episode(-loss * t / 10_000)
+        reporter.step(t)
+    return loss
+
+
+def test_trials_report_their_progress_and_bad_ones_are_pruned(tmp_path: Path) -> None:
+    s = search(
+        tmp_path,
+        reporting_objective,
+        n_trials=12,
+        prune_startup_trials=3,
+        prune_warmup_steps=4_000,
+        report_every=2_000,
+    )
+    s.sweep([])
+    trials = study(tmp_path).trials
+    states = [t.state for t in trials]
+    assert states[:3] == [TrialState.COMPLETE] * 3  # the startup trials always finish
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, states
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        assert steps == [2_000, 4_000, 6_000, 8_000, 10_000][: len(steps)]  # aligned steps
+        if t.state == TrialState.PRUNED:
+            assert 4_000 <= steps[-1] < 10_000  # from the warm-up on, before the end
+    # what was pruned was worse than the median of the finished trials at that step
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    for t in pruned:
+        step = max(t.intermediate_values)
+        before = [d.intermediate_values[step] for d in done if d.number < t.number]
+        assert t.intermediate_values[step] > sorted(before)[(len(before) - 1) // 2]
+    results = yaml.safe_load((tmp_path / RESULTS_FILE).read_text())
+    assert results["trials"] == {"complete": len(done), "pruned": len(pruned)}
+
+
+def test_without_pruning_every_trial_finishes_and_still_reports(tmp_path: Path) -> None:
+    s = search(tmp_path, reporting_objective, n_trials=6, pruner="none", report_every=2_000)
+    s.sweep([])
+    trials = study(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 6
+    assert all(len(t.intermediate_values) == 5 for t in trials)
+
+
 # -- a real search through lrrl.train ----------------------------------------------------------
 
 #: A search in seconds: smoke budgets, no baselines beside the agent, one process per trial.
@@ -386,7 +480,9 @@ def test_a_trial_the_config_rejects_fails_alone(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_a_search_through_lrrl_train_and_its_resumption(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    done = _train(tmp_path, *FAST, "hydra.sweeper.n_trials=3", sweep=sweep)
+    done = _train(
+        tmp_path, *FAST, "hydra.sweeper.n_trials=3", "hydra.sweeper.report_every=64", sweep=sweep
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir())
     assert [p.name.split("__")[0] for p in runs] == ["0", "1", "2"]
@@ -397,6 +493,8 @@ def test_a_search_through_lrrl_train_and_its_resumption(tmp_path: Path) -> None:
     assert len({c.agent.hyperparams.learning_rate for c in configs}) == 3  # sampled per trial
     trials = study(sweep).trials
     assert [t.value for t in trials] == [m["objective"] for m in metrics]
+    # each trial reported its training progress to the study (256 env steps, every 64)
+    assert [sorted(t.intermediate_values) for t in trials] == [[64, 128, 192, 256]] * 3
     results = yaml.safe_load((sweep / RESULTS_FILE).read_text())
     best = min(range(3), key=lambda i: metrics[i]["objective"])
     assert results["best_value"] == metrics[best]["objective"]
