@@ -26,6 +26,10 @@ Schedulers that do not depend on the agent (baselines, hindsight references) are
 every run of a sweep; ``--shared DIR`` adds such rows from an evaluation directory instead of
 recomputing them in every run.
 
+``--against NAME=SWEEP_DIR`` adds another sweep's agent as scheduler ``NAME``, its run k paired
+with run k of this sweep (the same number of training seeds): a searched configuration against
+the default, say, on the same test episodes.
+
 With ``--readme`` the tables replace the text between ``<!-- report:LABEL -->`` and
 ``<!-- /report:LABEL -->`` in that file, preceded by the command that produced them, so no
 figure in the README is typed by hand.
@@ -78,7 +82,12 @@ def _score(row: dict[str, str]) -> float:
 class Sweep:
     """Per scheduler a ``(runs, instances)`` score matrix, rows = training seed x episode seed."""
 
-    def __init__(self, runs: list[dict[str, Any]], shared: list[dict[str, str]] = ()) -> None:
+    def __init__(
+        self,
+        runs: list[dict[str, Any]],
+        shared: list[dict[str, str]] = (),
+        against: dict[str, list[dict[str, Any]]] | None = None,
+    ) -> None:
         first = runs[0]["metrics"]
         self.subject: str = first["subject"]
         self.env_id: str = first["env_id"]
@@ -87,6 +96,19 @@ class Sweep:
         for k, run in enumerate(runs):
             for row in run["rows"]:
                 by[row["scheduler"]][(k, row["instance"], int(row["seed"]))] = row
+        for name, other in (against or {}).items():  # another sweep's agent, run k with run k
+            if len(other) != len(runs):
+                raise SystemExit(
+                    f"report: error: --against {name}: {len(other)} runs, expected {len(runs)} "
+                    "(one per training seed of the sweep)"
+                )
+            if name in by:
+                raise SystemExit(f"report: error: --against {name}: the sweep has that scheduler")
+            for k, run in enumerate(other):
+                for row in run["rows"]:
+                    if row["scheduler"] == run["metrics"]["subject"]:
+                        by[name][(k, row["instance"], int(row["seed"]))] = row
+        self.against = list(against or {})
         in_runs = set(by)
         for row in shared:  # the same in every run: recorded once, as run 0's
             if row["scheduler"] not in in_runs:
@@ -174,11 +196,15 @@ def family_table(sweep: Sweep, samples: int) -> tuple[str, dict[str, Any]]:
     names = sweep.names
     tuned = [n for n in names if n in BASELINES and n != sweep.subject]
     top = best(sweep, tuned)
+    # without tuned baselines (two agents compared): the best of the other sweeps' agents
+    reference, kind = (top, "best tuned") if top is not None else (best(sweep, sweep.against), "")
     free = best(sweep, [n for n in names if n.endswith("@unclipped")])
     hind = [n for n in names if n.startswith("hindsight_")]
     agent = sweep.scores[sweep.subject]
     families = sorted({f for f in sweep.family.values() if f})  # DNN instances have none
-    headers = [f"{sweep.subject} / {top} (best tuned)"]
+    if reference is None:
+        raise SystemExit("report: error: nothing to compare the agent with (no tuned baseline)")
+    headers = [f"{sweep.subject} / {reference}" + (f" ({kind})" if kind else "")]
     if "follow_bound" in names:
         headers.append(f"{sweep.subject} / follow_bound")
     if free:
@@ -194,7 +220,7 @@ def family_table(sweep: Sweep, samples: int) -> tuple[str, dict[str, Any]]:
         def ratio_to(other: str, cols: np.ndarray = cols) -> dict[str, Any]:
             return stats.ratio(agent[:, cols] - sweep.scores[other][:, cols], samples)
 
-        row: dict[str, Any] = {"vs_best": ratio_to(top)}
+        row: dict[str, Any] = {"vs_best": ratio_to(reference)}
         cells = [_fmt(row["vs_best"]["ratio"], row["vs_best"]["ratio_ci"])]
         if "follow_bound" in names:
             row["vs_follow_bound"] = ratio_to("follow_bound")
@@ -202,7 +228,7 @@ def family_table(sweep: Sweep, samples: int) -> tuple[str, dict[str, Any]]:
         if free:
             row["vs_unclipped"] = ratio_to(free)
             cells.append(_fmt(row["vs_unclipped"]["ratio"], row["vs_unclipped"]["ratio_ci"]))
-        if hind:
+        if hind and top is not None:
             # the better hindsight reference on each episode
             h = np.minimum.reduce([sweep.scores[n][:, cols] for n in hind])
             gain = float(np.mean(h - sweep.scores[top][:, cols]))
@@ -212,7 +238,8 @@ def family_table(sweep: Sweep, samples: int) -> tuple[str, dict[str, Any]]:
             cells += [_fmt(row["hindsight_over_best"]), _fmt(row["captured"])]
         data[family or "all"] = row
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines), {"best_tuned": top, "best_unclipped": free, "families": data}
+    figures = {"best_tuned": top, "reference": reference, "best_unclipped": free}
+    return "\n".join(lines), {**figures, "families": data}
 
 
 def per_seed_line(sweep: Sweep, top: str | None) -> str:
@@ -244,13 +271,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=[],
         help="an evaluation dir of the same test episodes whose schedulers every run shares",
     )
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="NAME=SWEEP_DIR",
+        help="another sweep's agent as scheduler NAME, its run k paired with this sweep's run k "
+        "(the same number of training seeds; e.g. a searched config against the default)",
+    )
     parser.add_argument("--label", default="results", help="README section label")
     parser.add_argument("--readme", type=Path, help="replace this label's section in the file")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--samples", type=int, default=2000, help="bootstrap samples")
     args = parser.parse_args(argv)
     runs = read_runs(args.sweep_dir)
-    sweep = Sweep(runs, [row for folder in args.shared for row in read_shared(folder)])
+    against = {}
+    for entry in args.against:
+        name, sep, folder = entry.partition("=")
+        if not sep or not name or not folder:
+            parser.error(f"--against {entry!r} is invalid: expected NAME=SWEEP_DIR")
+        against[name] = read_runs(Path(folder))
+    shared = [row for folder in args.shared for row in read_shared(folder)]
+    sweep = Sweep(runs, shared, against)
     schedulers, sched_data = scheduler_table(sweep, args.samples)
     families, fam_data = family_table(sweep, args.samples)
     n_inst = len(sweep.instances)
@@ -267,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "",
             families,
             "",
-            per_seed_line(sweep, fam_data["best_tuned"]) + ".",
+            per_seed_line(sweep, fam_data["reference"]) + ".",
         ]
     )
     print(text)

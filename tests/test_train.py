@@ -137,6 +137,29 @@ def test_report_takes_the_shared_baselines_from_one_evaluation(tmp_path):
         math.exp(sum(agent) / len(agent)), rel=1e-6
     )
     assert "below constant" in done.stdout or "below cosine" in done.stdout
+    # Another sweep's agent, paired run by run (here the same sweep: the ratio is exactly 1,
+    # with no spread, only if run k meets run k on each episode).
+    again = ["--against", f"again={tmp_path / 'sweep'}", "--json", str(figures_path)]
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "sweep"), *again, "--samples", "200"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(figures_path.read_text())
+    assert figures["reference"] == "again" and figures["best_tuned"] is None
+    assert figures["schedulers"]["again"]["ratio_ci"] == pytest.approx([1.0, 1.0])
+    assert "| ppo / again |" in done.stdout
+    one = tmp_path / "one"
+    shutil.copytree(tmp_path / "sweep", one)
+    shutil.rmtree(sorted(one.glob("*__nmf__*"))[-1])
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "sweep"), "--against", f"one={one}"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert "--against one: 1 runs, expected 2 (one per training seed" in done.stderr
 
 
 @pytest.mark.slow
