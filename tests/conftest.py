@@ -109,3 +109,40 @@ def run_cli(
         text=True,
         timeout=600,
     )
+
+
+#: Two optimizers whose good rates are a decade apart, one task, short episodes.
+TINY_DNN = {
+    "tasks": ["digits"],
+    "optimizers": ["sgd", "adam"],
+    "batch_sizes": [16],
+    "n_train": 2,
+    "n_test": 1,
+    "n_heldout": 1,
+    "steps_per_action": 2,
+    "horizon": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def dnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DNN run directory with an untrained agent (what PolicyScheduler reads: its config
+    and model)."""
+    import torch
+    from stable_baselines3 import PPO
+
+    from lrrl.config import EnvSpec
+    from lrrl.envs.registration import make_env
+
+    torch.manual_seed(0)
+    config = compose("debug=smoke", "logger=none", "env=dnn")
+    config["env"].update(TINY_DNN)
+    run_dir = tmp_path_factory.mktemp("dnn_run") / "run"
+    write_run_config(run_dir, config)
+    spec = EnvSpec.from_dict(config["env"])
+    env = make_env(spec.id, **spec.options)
+    PPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, device="cpu").save(
+        run_dir / "model.zip"
+    )
+    env.close()
+    return run_dir

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import compose, write_run_config
+from conftest import TINY_DNN, compose
 from dnn_pilot import FAMILIES, play_split, summarise_split, tune_per_optimizer
 from stable_baselines3 import PPO
 
@@ -18,35 +17,6 @@ from lrrl.config import EnvSpec, EvalConfig
 from lrrl.envs.dnn_models import DEFAULT_LR_RANGES
 from lrrl.envs.registration import make_env
 from lrrl.rollout import episode_seeds
-
-#: Two optimizers whose good rates are a decade apart, one task, short episodes.
-TINY_DNN = {
-    "tasks": ["digits"],
-    "optimizers": ["sgd", "adam"],
-    "batch_sizes": [16],
-    "n_train": 2,
-    "n_test": 1,
-    "n_heldout": 1,
-    "steps_per_action": 2,
-    "horizon": 4,
-}
-
-
-@pytest.fixture(scope="module")
-def dnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DNN run directory with an untrained agent (the pilot needs only config and model)."""
-    torch.manual_seed(0)
-    config = compose("debug=smoke", "logger=none", "env=dnn")
-    config["env"].update(TINY_DNN)
-    run_dir = tmp_path_factory.mktemp("dnn_pilot") / "run"
-    write_run_config(run_dir, config)
-    spec = EnvSpec.from_dict(config["env"])
-    env = make_env(spec.id, **spec.options)
-    PPO("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [8]}, device="cpu").save(
-        run_dir / "model.zip"
-    )
-    env.close()
-    return run_dir
 
 
 def test_each_optimizer_gets_its_own_tuned_baselines(dnn_run: Path) -> None:
