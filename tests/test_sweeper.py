@@ -413,6 +413,18 @@ def test_trials_report_their_progress_and_bad_ones_are_pruned(tmp_path: Path) ->
         assert t.intermediate_values[step] > sorted(before)[(len(before) - 1) // 2]
     results = yaml.safe_load((tmp_path / RESULTS_FILE).read_text())
     assert results["trials"] == {"complete": len(done), "pruned": len(pruned)}
+    # the README's table of the search: best first, where pruned trials stopped
+    import search_table
+
+    lines = search_table.table(tmp_path).splitlines()
+    best = min(done, key=lambda t: t.value)
+    assert lines[2].startswith(f"| **{best.number}** | complete | {best.value:.3f} |")
+    for t in pruned:
+        step = max(t.intermediate_values)
+        assert any(
+            line.startswith(f"| {t.number} | pruned at {step:,} steps | – |") for line in lines
+        )
+    assert " ".join(results["best_overrides"]) in lines[-1]
 
 
 def test_without_pruning_every_trial_finishes_and_still_reports(tmp_path: Path) -> None:
