@@ -4,13 +4,16 @@
 
 Reads the study the search stored in ``<sweep dir>/optuna.db`` and its
 ``optimization_results.yaml``: one row per trial, best first (its state, its objective on the
-tuning instances, where a pruned trial stopped, the sampled values), and the best trial's
-overrides, ready for the command line.
+tuning instances, where a pruned trial stopped, its PPO training seconds from its run dir's
+``metrics.json``, the sampled values), and the best trial's overrides, ready for the command
+line. Trials share the machine (``hydra.sweeper.n_jobs``), so their seconds compare only
+within one search.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,14 @@ def _value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value).replace(" ", "")
+
+
+def _training_seconds(run_dir: str | None) -> str:
+    """The trial's PPO wall time (``train.wall_time_s`` of its metrics.json), if it finished."""
+    path = Path(run_dir or "") / "metrics.json"
+    if run_dir is None or not path.is_file():
+        return "–"
+    return f"{json.loads(path.read_text())['train']['wall_time_s']:.0f}"
 
 
 def table(sweep_dir: Path) -> str:
@@ -61,7 +72,12 @@ def table(sweep_dir: Path) -> str:
             state, value = t.state.name.lower(), "–"
         cells = [_value(t.params.get(k, "")) for k in keys]
         bold = "**" if t.number == results["best_trial"] else ""
-        lines.append(f"| {bold}{t.number}{bold} | {state} | {value} | " + " | ".join(cells) + " |")
+        seconds = _training_seconds(t.user_attrs.get("run_dir"))
+        lines.append(
+            f"| {bold}{t.number}{bold} | {state} | {value} | {seconds} | "
+            + " | ".join(cells)
+            + " |"
+        )
     counts = ", ".join(f"{n} {state}" for state, n in results["trials"].items())
     best = " ".join(results["best_overrides"])
     return "\n".join(

@@ -385,7 +385,9 @@ def reporting_objective(overrides: dict[str, str]) -> float:
     return loss
 
 
-def test_trials_report_their_progress_and_bad_ones_are_pruned(tmp_path: Path) -> None:
+def test_trials_report_their_progress_and_bad_ones_are_pruned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = search(
         tmp_path,
         reporting_objective,
@@ -416,9 +418,14 @@ def test_trials_report_their_progress_and_bad_ones_are_pruned(tmp_path: Path) ->
     # the README's table of the search: best first, where pruned trials stopped
     import search_table
 
-    lines = search_table.table(tmp_path).splitlines()
     best = min(done, key=lambda t: t.value)
-    assert lines[2].startswith(f"| **{best.number}** | complete | {best.value:.3f} |")
+    run_dir = tmp_path / "runs" / f"job{best.number}"  # the launcher's run dir, relative
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps({"train": {"wall_time_s": 12.3}}))
+    monkeypatch.chdir(tmp_path / "runs")
+    lines = search_table.table(tmp_path).splitlines()
+    assert lines[2].startswith(f"| **{best.number}** | complete | {best.value:.3f} | 12 |")
+    assert lines[3].split(" | ")[3] == "–"  # no run dir on disk: no seconds
     for t in pruned:
         step = max(t.intermediate_values)
         assert any(
