@@ -55,8 +55,8 @@ def table(sweep_dir: Path) -> str:
     trials = study.get_trials(deepcopy=False)
     keys = sorted({k for t in trials for k in t.params}, key=_short)
     lines = [
-        "| trial | state | objective (tune) | " + " | ".join(_short(k) for k in keys) + " |",
-        "|---" * (3 + len(keys)) + "|",
+        "| trial | state | objective (tune) | PPO s | " + " | ".join(map(_short, keys)) + " |",
+        "|---" * (4 + len(keys)) + "|",
     ]
 
     def order(t: optuna.trial.FrozenTrial) -> tuple[int, float]:

@@ -424,6 +424,8 @@ def test_trials_report_their_progress_and_bad_ones_are_pruned(
     (run_dir / "metrics.json").write_text(json.dumps({"train": {"wall_time_s": 12.3}}))
     monkeypatch.chdir(tmp_path / "runs")
     lines = search_table.table(tmp_path).splitlines()
+    assert lines[0].startswith("| trial | state | objective (tune) | PPO s | ")
+    assert all(line.count("|") == lines[0].count("|") for line in lines[1:-2])
     assert lines[2].startswith(f"| **{best.number}** | complete | {best.value:.3f} | 12 |")
     assert lines[3].split(" | ")[3] == "–"  # no run dir on disk: no seconds
     for t in pruned:
