@@ -65,6 +65,7 @@ from lrrl.config import DistillConfig, EnvSpec
 from lrrl.envs.base import as_int, require
 from lrrl.envs.registration import make_env
 from lrrl.outputs import write_json
+from lrrl.report import output_console
 from lrrl.rollout import Episode, episode_seeds, jobs_for, run_jobs
 from lrrl.schedulers.greedylr import GREEDYLR_SCHEMA
 from lrrl.schedulers.policy import load_run
@@ -372,7 +373,7 @@ def distill(config: dict[str, Any]) -> dict[str, Any]:
     }
     write_json(run_dir / "distill_report.json", report)
     _plot(run_dir / "distill.png", recorded[0], episodes, candidates, chosen_index, algo)
-    out = Console()
+    out = output_console()
     out.print(_candidates_table(candidates, chosen_index, cfg.fit.split, algo, agent_objective))
     out.print(_table(L, baselines, recovered, check_split, algo))
     console.log(f"wrote greedylr.json, distill_report.json, distill.png in {run_dir}")

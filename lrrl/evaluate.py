@@ -177,7 +177,7 @@ def run_evaluation(
             "nothing to evaluate: every scheduler was skipped "
             f"({'; '.join(comparison.skipped.values())})"
         )
-    Console().print(
+    report.output_console().print(
         report.table(comparison.summaries, comparison.details, p.eval.split, comparison.subject)
     )
     probe = make_env(p.env.id, **p.env.options)

@@ -139,7 +139,7 @@ def _run(
             show_progress=cfg.progress_bar,
         )
         train_stats["eval_time_s"] = time.perf_counter() - eval_start
-        out = Console()
+        out = report.output_console()
         out.print(report.table(comparison.summaries, comparison.details, comparison.split, algo))
         out.print(
             f"{algo}: {train_stats['timesteps']} env steps of training in "

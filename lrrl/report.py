@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 from rich.table import Table
 
 from lrrl import stats
@@ -37,6 +38,17 @@ CSV_COLUMNS = (
     "mean_lr",
     "final_lr",
 )
+
+
+#: Width of the tables printed to a file or pipe (a cluster job's log): one line per row.
+LOG_WIDTH = 200
+
+
+def output_console() -> Console:
+    """The console the result tables go to: standard output, the terminal's width, or
+    :data:`LOG_WIDTH` columns when it is not a terminal (rich would wrap at 80)."""
+    console = Console()
+    return console if console.is_terminal else Console(width=LOG_WIDTH)
 
 
 def tuned_baselines(summaries: Mapping[str, Any], subject: str | None) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def test_cli_runs_from_any_directory(tmp_path):
     done = run_cli("debug=smoke", f"hydra.run.dir={run_dir}", "env.rank=3", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert_complete(run_dir)
+    # printed to a pipe (a cluster job's log), the table keeps one line per scheduler
+    interval = r"-?\d+\.\d+ \[-?\d+\.\d+, -?\d+\.\d+\]"
+    assert re.search(rf"^│ ppo +│ +{interval} +│", done.stdout, re.M), done.stdout
     saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert saved.env.rank == 3  # the config saved is enough to re-run
     assert "env.rank=3" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
