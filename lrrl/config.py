@@ -68,6 +68,19 @@ class EnvSpec:
         if config is None:
             make_env(self.id, **self.options).close()
 
+    def steps_per_action(self) -> int:
+        """Optimizer steps per decision: from the env's config, or a probe env without one."""
+        from lrrl.envs.registration import env_config, make_env
+
+        config = env_config(self.id, self.options)
+        if config is not None:
+            return int(config.steps_per_action)
+        probe = make_env(self.id, **self.options)
+        try:
+            return int(probe.unwrapped.steps_per_action)
+        finally:
+            probe.close()
+
     def replace(self, **options: Any) -> EnvSpec:
         """The same env with some options changed (checked)."""
         spec = EnvSpec(self.id, self.name, {**self.options, **options})

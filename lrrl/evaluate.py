@@ -30,7 +30,6 @@ from lrrl.cli import ConfigError, check_group_choices, fail
 from lrrl.comparison import compare
 from lrrl.config import EnvSpec, EvalConfig, check_splits
 from lrrl.envs.base import as_int
-from lrrl.envs.registration import make_env
 from lrrl.outputs import run_info, write_outputs
 from lrrl.seeding import seed_everything
 
@@ -180,15 +179,12 @@ def run_evaluation(
     report.output_console().print(
         report.table(comparison.summaries, comparison.details, p.eval.split, comparison.subject)
     )
-    probe = make_env(p.env.id, **p.env.options)
-    steps_per_action = probe.unwrapped.steps_per_action
-    probe.close()
     metrics = write_outputs(
         Path(out_dir),
         comparison,
         p.env,
         p.eval.seed,
-        steps_per_action,
+        p.env.steps_per_action(),
         extra={
             "source_run": str(p.run_dir) if p.run_dir else None,
             "agents": names,

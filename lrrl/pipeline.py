@@ -19,7 +19,6 @@ from lrrl.agents.vec import make_training_vec_env
 from lrrl.cli import ConfigError
 from lrrl.comparison import compare
 from lrrl.config import TrainConfig
-from lrrl.envs.registration import env_config, make_env
 from lrrl.outputs import run_info, write_outputs
 from lrrl.seeding import seed_everything
 from lrrl.tracking import TrackingCallback, TrialReporter, make_tracker
@@ -84,18 +83,6 @@ def _train_agent(
     return model, stats
 
 
-def _steps_per_action(cfg: TrainConfig) -> int:
-    """Optimizer steps per decision: from the env's config, or a probe env without one."""
-    config = env_config(cfg.env.id, cfg.env.options)
-    if config is not None:
-        return int(config.steps_per_action)
-    probe = make_env(cfg.env.id, **cfg.env.options)
-    try:
-        return int(probe.unwrapped.steps_per_action)
-    finally:
-        probe.close()
-
-
 def run_experiment(
     config: dict[str, Any], run_dir: str | Path, argv: list[str] | None = None, resume: bool = False
 ) -> dict[str, Any]:
@@ -147,7 +134,7 @@ def _run(
             f"{len(comparison.episodes[algo])} {comparison.split} episodes in "
             f"{train_stats['eval_time_s']:.0f} s"
         )
-        steps_per_action = _steps_per_action(cfg)
+        steps_per_action = cfg.env.steps_per_action()
         train_stats["run_time_s"] = time.perf_counter() - start
         metrics = write_outputs(
             run_dir,
