@@ -32,10 +32,11 @@ from lrrl.envs.dnn_models import (
     build_model,
     build_optimizer,
     check_optimizer,
-    correct,
+    gradient_norm,
     prediction_loss,
     reinitialise,
     top_hessian_eigenvalue,
+    validation,
 )
 from lrrl.envs.dnn_tasks import (
     COMPATIBLE,
@@ -444,7 +445,7 @@ class DNNEnv(LRControlEnv):
         loss = prediction_loss(self._net(x), y)
         loss.backward()
         train_loss0 = float(loss.detach())
-        grad_norm0 = float(self._gradient_norm_tensor())
+        grad_norm0 = float(gradient_norm(self._params))
         self._net.zero_grad(set_to_none=True)
         val_loss0, accuracy0 = self._validate()
         self._history = DNNHistory(train_loss0, val_loss0, grad_norm0, accuracy0)
@@ -528,7 +529,7 @@ class DNNEnv(LRControlEnv):
             loss.backward()
             losses.append(loss.detach())
             if k == steps - 1:
-                grad_norm = self._gradient_norm_tensor()
+                grad_norm = gradient_norm(self._params)
             # No per-step finiteness check (it would cost a sync per step): a non-finite loss
             # poisons the parameters, shows in the mean below and ends the episode anyway.
             opt.step()
@@ -542,20 +543,8 @@ class DNNEnv(LRControlEnv):
         train_loss, grad_norm = torch.stack([torch.stack(losses).mean(), grad_norm]).tolist()
         return (train_loss if math.isfinite(train_loss) else math.nan), grad_norm
 
-    def _gradient_norm_tensor(self) -> torch.Tensor:
-        grads = [p.grad for p in self._params if p.grad is not None]
-        if not grads:
-            return torch.zeros(())
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-    @torch.no_grad()
     def _validate(self) -> tuple[float, float]:
-        self._net.eval()
-        logits = self._net(self._data.x_val)
-        y = self._data.y_val
-        # one host transfer for both numbers
-        loss, right = torch.stack([prediction_loss(logits, y), correct(logits, y)]).tolist()
-        return (loss if math.isfinite(loss) else math.inf), right / y.numel()
+        return validation(self._net, self._data.x_val, self._data.y_val)
 
     def _update_bound(self) -> None:
         x, y = self._data.x_train[:PROBE], self._data.y_train[:PROBE]

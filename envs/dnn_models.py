@@ -46,6 +46,24 @@ def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=-1) == y).sum()
 
 
+def gradient_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The global L2 norm of the parameters' gradients, as a tensor (no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+@torch.no_grad()
+def validation(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """``net``'s loss and accuracy on ``(x, y)`` in eval mode, in one host transfer; a
+    non-finite loss reads as ``inf``. The net is left in eval mode."""
+    net.eval()
+    logits = net(x)
+    loss, right = torch.stack([prediction_loss(logits, y), correct(logits, y)]).tolist()
+    return (loss if math.isfinite(loss) else math.inf), right / y.numel()
+
+
 def mlp(in_features: int, classes: int, width: int) -> nn.Sequential:
     """Two hidden ReLU layers of ``width`` units on flattened inputs."""
     return nn.Sequential(

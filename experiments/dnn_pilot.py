@@ -47,6 +47,11 @@ FAMILIES = ("constant", "cosine")
 GRID_POINTS = 9
 
 
+def lr_grid(optimizer: str, points: int = GRID_POINTS) -> list[float]:
+    """``points`` learning rates log-spaced over the optimizer's default action range."""
+    return [float(x) for x in np.geomspace(*DEFAULT_LR_RANGES[optimizer], points)]
+
+
 def tune_per_optimizer(
     env: EnvSpec, ev: EvalConfig, points: int = GRID_POINTS
 ) -> dict[str, dict[str, Tuned]]:
@@ -63,7 +68,7 @@ def tune_per_optimizer(
     for opt in optimizers:
         mine = [inst for inst in pool if inst.optimizer == opt]
         runs = episode_seeds(mine, ev.tune_episodes_per_instance, ev.seed + 2)
-        grid = [float(x) for x in np.geomspace(*DEFAULT_LR_RANGES[opt], points)]
+        grid = lr_grid(opt, points)
         per_opt = EvalConfig.from_dict(
             {**ev.to_dict(), "baselines": list(FAMILIES), "lr_grid": grid, "tune_budget": None}
         )

@@ -56,16 +56,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from dnn_pilot import lr_grid
 
 from lrrl import stats
+from lrrl.agents.baselines import Cosine, WarmupStableDecay
 from lrrl.config import EnvSpec
+from lrrl.envs.base import is_diverged
+from lrrl.envs.dnn import PROBE, DNNConfig
 from lrrl.envs.dnn_models import (
     DEFAULT_LR_RANGES,
     build_model,
     build_optimizer,
-    correct,
+    gradient_norm,
     prediction_loss,
     reinitialise,
+    validation,
 )
 from lrrl.envs.dnn_tasks import instance_data
 from lrrl.outputs import schedule_payload, write_json
@@ -74,10 +79,10 @@ from lrrl.schedulers.policy import load_run
 
 #: Decision windows per run: the agent's horizon, also where every run is validated.
 WINDOWS = 20
-#: A run whose validation loss exceeds this multiple of its initial one has diverged.
-MAX_LOSS_RATIO = 20.0
-PROBE = 256  # training samples of the loss and gradient norm before training (as the env)
-MOMENTUM = 0.9
+#: A run whose validation loss exceeds this multiple of its initial one has diverged (the
+#: DNN env's default), and SGD's momentum: as in the env the agent trained in.
+MAX_LOSS_RATIO = DNNConfig.max_loss_ratio
+MOMENTUM = DNNConfig.momentum
 TUNE_SEEDS = (100, 101)
 GRID_POINTS = 7
 OPTIMIZERS = ("sgd", "adam")
@@ -87,6 +92,9 @@ BASELINES = ("cosine", "wsd", "schedulefree_adamw", "prodigy")
 #: serves the rows of both optimizers.
 REFERENCES = ("schedulefree_adamw", "prodigy")
 PRODIGY_LRS = (0.3, 1.0, 3.0)
+#: The baselines' time schedules (lrrl.agents.baselines) as multipliers of their tuned lr;
+#: Prodigy runs under cosine annealing.
+SHAPES = {"cosine": Cosine(1.0), "prodigy": Cosine(1.0), "wsd": WarmupStableDecay(1.0)}
 
 
 @dataclass(frozen=True)
@@ -126,21 +134,6 @@ class Run:
         return self.scheduler if self.scheduler in REFERENCES else self.optimizer
 
 
-def lr_grid(optimizer: str) -> list[float]:
-    low, high = DEFAULT_LR_RANGES[optimizer]
-    return [float(x) for x in np.geomspace(low, high, GRID_POINTS)]
-
-
-def _lambda(run: Run) -> Any:
-    steps = run.setting.steps
-    if run.scheduler in ("cosine", "prodigy"):
-        return lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps))
-    if run.scheduler == "wsd":
-        warm, decay = max(1, round(0.05 * steps)), max(1, round(0.2 * steps))
-        return lambda k: min((k + 1) / warm, 1.0, max(0.0, (steps - k) / decay))
-    return None
-
-
 def _scheduler(run: Run, opt: torch.optim.Optimizer, start: dict[str, float]) -> Any:
     from lrrl.schedulers import GreedyLR, PolicyScheduler, ScheduleReplay
 
@@ -159,8 +152,11 @@ def _scheduler(run: Run, opt: torch.optim.Optimizer, start: dict[str, float]) ->
         return ScheduleReplay(opt, run.schedule, total_steps=run.setting.steps)
     if run.scheduler == "greedylr":
         return GreedyLR(opt, **run.greedylr)
-    rule = _lambda(run)
-    return None if rule is None else torch.optim.lr_scheduler.LambdaLR(opt, rule)
+    shape = SHAPES.get(run.scheduler)
+    if shape is None:
+        return None
+    steps = run.setting.steps
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: float(shape(min(k, steps), steps)))
 
 
 def train(run: Run) -> dict[str, Any]:
@@ -177,22 +173,14 @@ def train(run: Run) -> dict[str, Any]:
             group["warmup_steps"] = max(1, round(0.05 * s.steps))
     generator = torch.Generator().manual_seed(run.seed + 1)  # the minibatch order
 
-    def grad_norm() -> float:
-        grads = [p.grad for p in params if p.grad is not None]
-        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
-
-    @torch.no_grad()
     def validate() -> tuple[float, float]:
         if hasattr(opt, "eval"):
             opt.eval()  # schedule-free: validate at the averaged point
-        net.eval()
-        logits = net(data.x_val)
-        loss = float(prediction_loss(logits, data.y_val))
-        accuracy = float(correct(logits, data.y_val)) / data.y_val.numel()
+        result = validation(net, data.x_val, data.y_val)
         net.train()
         if hasattr(opt, "train"):
             opt.train()
-        return (loss if math.isfinite(loss) else math.inf), accuracy
+        return result
 
     net.train()
     if hasattr(opt, "train"):
@@ -204,7 +192,7 @@ def train(run: Run) -> dict[str, Any]:
         "loss": float(probe.detach()),
         "val_loss": val0,
         "accuracy": acc0,
-        "grad_norm": grad_norm(),
+        "grad_norm": float(gradient_norm(params)),
     }
     opt.zero_grad(set_to_none=True)
     scheduler = _scheduler(run, opt, start)
@@ -225,14 +213,14 @@ def train(run: Run) -> dict[str, Any]:
         loss = prediction_loss(net(data.x_train[idx]), data.y_train[idx])
         loss.backward()
         end = k % window == 0
-        norm = grad_norm() if end else math.nan
+        norm = float(gradient_norm(params)) if end else math.nan
         opt.step()
         metrics: dict[str, float] = {}
         if end:
             val, accuracy = validate()
             curve.append(val)
             seconds.append(time.perf_counter() - began)
-            diverged = not val <= MAX_LOSS_RATIO * val0
+            diverged = is_diverged(val, val0, MAX_LOSS_RATIO)
             metrics = {"val_loss": val, "accuracy": accuracy, "grad_norm": norm}
         if diverged:
             break
@@ -318,7 +306,7 @@ def record(agents: Sequence[str], out: Path, jobs: int, fit_budget: int) -> dict
 def baseline_grid(setting: Setting, opt: str, name: str) -> list[float]:
     if name == "prodigy":
         return list(PRODIGY_LRS)
-    return lr_grid("schedulefree_adamw" if name == "schedulefree_adamw" else opt)
+    return lr_grid("schedulefree_adamw" if name == "schedulefree_adamw" else opt, GRID_POINTS)
 
 
 def tune(settings: Sequence[Setting], jobs: int) -> dict[tuple, float]:
