@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from hydra import compose, initialize_config_module
 
 from lrrl.cli import ConfigError, check_launcher
@@ -19,23 +19,7 @@ RUN_FILES = ("model.zip", "schedule.json", "metrics.json", "schedules.png", ".hy
 
 def run_sweep(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
     sweep = tmp_path / "sweep"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lrrl.train",
-            "-m",
-            "seed=0,1",
-            "debug=smoke",
-            f"hydra.sweep.dir={sweep}",
-            *args,
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_cli("-m", "seed=0,1", "debug=smoke", f"hydra.sweep.dir={sweep}", *args, cwd=tmp_path)
     return done, sweep
 
 

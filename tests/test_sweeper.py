@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from conftest import run_cli
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
@@ -458,22 +457,7 @@ FAST = (
 
 
 def _train(cwd: Path, *args: str, sweep: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lrrl.train",
-            "-m",
-            "hydra/sweeper=lrrl_optuna",
-            f"hydra.sweep.dir={sweep}",
-            *args,
-        ],
-        cwd=cwd,
-        env={**os.environ, "WANDB_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli("-m", "hydra/sweeper=lrrl_optuna", f"hydra.sweep.dir={sweep}", *args, cwd=cwd)
 
 
 def test_a_trial_the_config_rejects_fails_alone(tmp_path: Path) -> None:
