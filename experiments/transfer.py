@@ -37,8 +37,12 @@ of the run's steps, and the seconds, until the validation loss first reaches tun
 final loss on that optimizer (median over runs, "–" when most never do; with the share of runs
 that reach it). A run diverges
 when its validation loss is not finite or exceeds 20x its initial value; it is scored at that
-cap. Writes ``results.json`` (every run's validation curve and times), ``transfer.md`` (the
-table) and ``transfer.png`` (validation loss against steps).
+cap. A second table follows each scheduler along the run (geometric means over runs): the
+learning rate of its first and last window, and the validation loss at a tenth of the steps,
+at its lowest (and where) and at the end. Writes ``results.json`` (every run's validation
+curve, learning rates and times), ``transfer.md`` (the tables) and ``transfer.png``
+(validation loss against steps); ``--report-from results.json`` renders them again from the
+saved runs.
 """
 
 from __future__ import annotations
@@ -477,6 +481,47 @@ def table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def complete_runs(
+    results: list[dict[str, Any]], setting: str, optimizer: str, name: str
+) -> list[dict[str, Any]]:
+    """The runs of ``name`` on a setting and optimizer that went the whole way (the
+    references, which replace the optimizer, stand in for both)."""
+    return [
+        d
+        for d in results
+        if d["run"]["setting"] == setting
+        and d["run"]["scheduler"] == name
+        and (d["run"]["optimizer"] == optimizer or name in REFERENCES)
+        and len(d["curve"]) == WINDOWS + 1
+    ]
+
+
+def along_the_run(results: list[dict[str, Any]], settings: Sequence[str]) -> str:
+    """Markdown: per setting, optimizer and scheduler (geometric means over its complete
+    runs), the learning rate of the first and the last window and the validation loss at a
+    tenth of the steps, at its lowest (and where) and at the end."""
+    lines = [
+        "| setting | optimizer | scheduler | first lr | last lr | val loss at 10% | "
+        "lowest val loss (at) | final val loss |",
+        "|---" * 8 + "|",
+    ]
+    for s in settings:
+        for opt in OPTIMIZERS:
+            for name in (*BASELINES, *ROUTES):
+                runs = complete_runs(results, s, opt, name)
+                if not runs:
+                    continue
+                curve = np.exp(np.mean(np.log([d["curve"] for d in runs]), axis=0))
+                lrs = np.exp(np.mean(np.log([d["lrs"] for d in runs]), axis=0))
+                low = int(np.argmin(curve))
+                lines.append(
+                    f"| {s} | {opt} | {name} | {lrs[0]:.3g} | {lrs[-1]:.3g} | "
+                    f"{curve[WINDOWS // 10]:.3f} | {curve[low]:.3f} ({low / WINDOWS:.0%}) | "
+                    f"{curve[-1]:.3f} |"
+                )
+    return "\n".join(lines)
+
+
 def plot(results: list[dict[str, Any]], settings: Sequence[Setting], path: Path) -> None:
     import matplotlib
 
@@ -491,14 +536,7 @@ def plot(results: list[dict[str, Any]], settings: Sequence[Setting], path: Path)
         for i, opt in enumerate(OPTIMIZERS):
             ax = axes[i][j]
             for name in (*BASELINES, *ROUTES):
-                curves = [
-                    d["curve"]
-                    for d in results
-                    if d["run"]["setting"] == s
-                    and d["run"]["scheduler"] == name
-                    and (d["run"]["optimizer"] == opt or name in REFERENCES)
-                    and len(d["curve"]) == WINDOWS + 1
-                ]
+                curves = [d["curve"] for d in complete_runs(results, s, opt, name)]
                 if not curves:
                     continue
                 steps = np.linspace(0, setting.steps, WINDOWS + 1)
@@ -532,7 +570,7 @@ def agent_dirs(paths: Sequence[Path]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="agent run dirs or a sweep dir")
+    parser.add_argument("runs", type=Path, nargs="*", help="agent run dirs or a sweep dir")
     parser.add_argument("--out", type=Path, default=Path("outputs/transfer"))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--seeds", type=int, default=5, help="evaluation seeds per optimizer")
@@ -545,7 +583,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=1.0,
         help="multiply every setting's steps (a quick look: 0.1; the agents' short runs stay)",
     )
+    parser.add_argument(
+        "--report-from",
+        type=Path,
+        help="re-render the tables and plot from this results.json (no training)",
+    )
     args = parser.parse_args(argv)
+    if args.report_from is not None:
+        return render(json.loads(args.report_from.read_text()), args.out, args.samples)
     if args.seeds < 1 or args.jobs < 1:
         parser.error(f"--seeds {args.seeds} and --jobs {args.jobs}: expected integers >= 1")
     agents = agent_dirs(args.runs)
@@ -564,28 +609,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tuned = tune(settings, args.jobs)
     runs = evaluation_runs(settings, agents, learned, tuned, range(args.seeds))
     results = run_all(runs, args.jobs)
-    summary = summarise(results, args.settings, args.samples)
-    text = table(summary)
-    wall = time.perf_counter() - began
-    header = (
-        f"{len(agents)} agent(s), {args.seeds} evaluation seed(s) x {len(OPTIMIZERS)} "
-        f"optimizers per setting; {len(runs)} evaluation runs, wall time {wall:.0f} s"
-    )
-    print(header)
-    print(text)
-    (args.out / "transfer.md").write_text(header + "\n\n" + text + "\n")
     document = {
         "agents": agents,
         "settings": {s.name: asdict(s) for s in settings},
         "tuned": {"/".join(k): v for k, v in tuned.items()},
         "learned": {f"{a}/{o}": v for (a, o), v in learned.items()},
-        "summary": summary,
         "results": results,
-        "wall_time_s": wall,
+        "wall_time_s": time.perf_counter() - began,
     }
-    (args.out / "results.json").write_text(json.dumps(document, default=float) + "\n")
-    plot(results, settings, args.out / "transfer.png")
-    print(f"wrote {args.out}/results.json, transfer.md and transfer.png")
+    return render(document, args.out, args.samples)
+
+
+def render(document: dict[str, Any], out: Path, samples: int) -> dict[str, Any]:
+    """The tables (printed and in ``transfer.md``), ``results.json`` and ``transfer.png`` of a
+    study's runs."""
+    results = document["results"]
+    settings = [Setting(**s) for s in document["settings"].values()]
+    names = [s.name for s in settings]
+    document["summary"] = summarise(results, names, samples)
+    seeds = len({d["run"]["seed"] for d in results})
+    header = (
+        f"{len(document['agents'])} agent(s), {seeds} evaluation seed(s) x {len(OPTIMIZERS)} "
+        f"optimizers per setting; {len(results)} evaluation runs, wall time "
+        f"{document['wall_time_s']:.0f} s"
+    )
+    text = "\n\n".join([header, table(document["summary"]), along_the_run(results, names)])
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "transfer.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(document, default=float) + "\n")
+    plot(results, settings, out / "transfer.png")
+    print(f"wrote {out}/results.json, transfer.md and transfer.png")
     return document
 
 

@@ -92,3 +92,11 @@ def test_the_study_end_to_end(
     # the report's table: every scheduler, the ratio column and time to target
     table = (out / "transfer.md").read_text()
     assert "| policy |" in table and "long: val loss / tuned cosine" in table
+    assert "| long | sgd | policy |" in table  # along the run: lrs and validation losses
+    # --report-from renders the same report from the saved runs, without training
+    again = transfer.main(
+        ["--report-from", str(out / "results.json"), "--out", str(tmp_path / "again")]
+        + ["--samples", "100"]
+    )
+    assert again["summary"] == on_disk["summary"]
+    assert (tmp_path / "again" / "transfer.md").read_text() == table
