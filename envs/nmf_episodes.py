@@ -129,11 +129,8 @@ class NMFEpisodes:
         for group in self._groups(idx):
             Vt, Wt, H = self._crop(group)
             with torch.no_grad():
-                Rt = nmf_ops.residual(Vt, Wt, H)
-                terms = self._bound(group, Vt, Wt, H, Rt)
-                values = torch.stack(
-                    [nmf_ops.loss_from_residual(Rt), terms.lr_bound, terms.noise_ratio]
-                )
+                loss_t, terms = self._loss_and_bound(group, Vt, Wt, H)
+                values = torch.stack([loss_t, terms.lr_bound, terms.noise_ratio])
             loss, bound, ratio = values.double().cpu().numpy()
             self.loss0[group] = self.loss[group] = loss
             self._set_bound(group, loss, bound, ratio)
@@ -321,19 +318,18 @@ class NMFEpisodes:
 
         return as_t(self.m), as_t(self.n), as_t(self.r)
 
-    def _bound(
-        self,
-        group: np.ndarray,
-        Vt: torch.Tensor,
-        Wt: torch.Tensor,
-        H: torch.Tensor,
-        Rt: torch.Tensor,
-    ) -> nmf_ops.BoundTerms:
+    def _loss_and_bound(
+        self, group: np.ndarray, Vt: torch.Tensor, Wt: torch.Tensor, H: torch.Tensor
+    ) -> tuple[torch.Tensor, nmf_ops.BoundTerms]:
+        """The loss and the stability bound at ``(W, H)``, sharing the residual's one pass."""
         cfg = self.config
         m, n, r = self._sizes(group)
         minibatch = bool(self.batch[group[0]])
         noisy = bool((self.noise_std[group] > 0).any())
-        return nmf_ops.stability_bound(
+        Rt = nmf_ops.residual(Vt, Wt, H)
+        columns = nmf_ops.residual_columns(Rt)
+        loss = nmf_ops.loss_from_residual(Rt, columns)
+        return loss, nmf_ops.stability_bound(
             Vt,
             Wt,
             H,
@@ -344,6 +340,7 @@ class NMFEpisodes:
             m=m,
             n=n,
             r=r,
+            columns=columns,
         )
 
     def _draws(self, group: np.ndarray, M: int, N: int, R: int) -> nmf_ops.Draws:
@@ -419,12 +416,11 @@ class NMFEpisodes:
                     if k + 1 < cfg.steps_per_action:
                         lr = np.where(np.isnan(wanted), lr, np.minimum(wanted, clip))
                         lr_t = torch.as_tensor(lr, **self._like)
-            Rt = nmf_ops.residual(Vt, Wt, H)
-            terms = self._bound(group, Vt, Wt, H, Rt)
+            loss_t, terms = self._loss_and_bound(group, Vt, Wt, H)
             # One device-to-host transfer per decision: loss, inner caps and the next bound.
             values = torch.stack(
                 [
-                    nmf_ops.loss_from_residual(Rt),
+                    loss_t,
                     capped.to(self.dtype),
                     terms.lr_bound,
                     terms.noise_ratio,

@@ -67,12 +67,22 @@ import torch
 
 def residual(Vt: torch.Tensor, Wt: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
     """``(W H - V)^T`` of shape ``(..., n, m)``."""
+    if Vt.dim() == 3 and Wt.dim() == 3:  # one fused product-and-subtract, no temporary
+        return torch.baddbmm(Vt, H.mT, Wt, beta=-1.0)
     return H.mT @ Wt - Vt
 
 
-def loss_from_residual(Rt: torch.Tensor) -> torch.Tensor:
-    """``1/2 ||R||_F^2`` over the last two dimensions."""
-    return 0.5 * Rt.square().sum(dim=(-2, -1))
+def residual_columns(Rt: torch.Tensor) -> torch.Tensor:
+    """``||R_{:j}||^2`` per column ``j`` of ``R`` (a row of ``R^T``), shape ``(..., n)``."""
+    return Rt.square().sum(dim=-1)
+
+
+def loss_from_residual(Rt: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """``1/2 ||R||_F^2`` over the last two dimensions; from :func:`residual_columns` when
+    they are given (one pass over the residual serves the loss and the bound)."""
+    if columns is None:
+        columns = residual_columns(Rt)
+    return 0.5 * columns.sum(dim=-1)
 
 
 def largest_eigenvalue(G: torch.Tensor) -> torch.Tensor:
@@ -126,6 +136,7 @@ def stability_bound(
     m: torch.Tensor | None = None,
     n: torch.Tensor | None = None,
     r: torch.Tensor | None = None,
+    columns: torch.Tensor | None = None,
 ) -> BoundTerms:
     """The largest learning rate that guarantees (expected) descent from ``(W, H)``.
 
@@ -135,7 +146,7 @@ def stability_bound(
     zero-padded problems (by default the tensors' own). Zero padding changes nothing else:
     padded rows and columns of ``W`` and ``H`` stay zero. ``noisy=False`` gives the
     deterministic ``2 / max(L_W, L_H)`` whatever the noise. ``Rt`` is the residual
-    :func:`residual`, if already computed.
+    :func:`residual`, and ``columns`` its :func:`residual_columns`, if already computed.
     """
     eps = torch.finfo(Vt.dtype).tiny
     # One eigenvalue call for both r x r Gram matrices: L_W = ||H H^T||, L_H = ||W^T W||.
@@ -160,7 +171,9 @@ def stability_bound(
     s2_h = s2 * r * b
     if batch_size is not None:
         # Sampling b of n columns without replacement; zero for full gradients (b = n).
-        per_col = (Rt.square().sum(dim=-1) * H.square().sum(dim=-2)).sum(dim=-1)
+        if columns is None:
+            columns = residual_columns(Rt)
+        per_col = (columns * H.square().sum(dim=-2)).sum(dim=-1)
         sampling = (n - b) / (n - 1).clamp_min(1) * ((n / b) * per_col - gW2 / b)
         s2_w = s2_w + sampling.clamp_min(0.0)
         gH2 = gH2 * (b / n)  # the H-update sees the sampled columns only
