@@ -219,6 +219,10 @@ class AgentConfig:
         n_envs: sub-envs of the training vector env.
         vec_env: ``auto`` (batched where the env has it, else dummy), ``dummy``, ``subproc``
             or ``batched``.
+        env_workers: processes the batched env's sub-envs are split across, stepped in
+            parallel (``lrrl.agents.vec.ShardedVecEnv``); 1: in the training process. The
+            dummy and subproc envs do not use it. A run is reproducible for a given value
+            (the sub-envs' episodes do not depend on it, the floating-point sums do).
         device: torch device of the agent.
         checkpoint_every: env steps between checkpoints in ``RUN_DIR/checkpoint/`` (0: none).
         hyperparams: keyword arguments of the SB3 algorithm, passed unchanged.
@@ -229,6 +233,7 @@ class AgentConfig:
     total_timesteps: int = 60_000
     n_envs: int = 16
     vec_env: str = "auto"
+    env_workers: int = 2
     device: str = "cpu"
     checkpoint_every: int = 10_000
     hyperparams: dict[str, Any] = field(default_factory=dict)
@@ -238,6 +243,7 @@ class AgentConfig:
 
         self.total_timesteps = as_int("agent.total_timesteps", self.total_timesteps, 1)
         self.n_envs = as_int("agent.n_envs", self.n_envs, 1)
+        self.env_workers = as_int("agent.env_workers", self.env_workers, 1)
         self.checkpoint_every = as_int("agent.checkpoint_every", self.checkpoint_every, 0)
         require(self.vec_env in VEC_ENVS, "agent.vec_env", self.vec_env, f"one of {VEC_ENVS}")
         self.hyperparams = dict(self.hyperparams or {})

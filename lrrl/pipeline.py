@@ -36,7 +36,9 @@ def _train_agent(
     cfg: TrainConfig, tracker: Any, run_dir: Path, resume: bool = False
 ) -> tuple[Any, dict[str, Any]]:
     agent = cfg.agent
-    venv = make_training_vec_env(cfg.env.id, cfg.env.options, agent.n_envs, cfg.seed, agent.vec_env)
+    venv = make_training_vec_env(
+        cfg.env.id, cfg.env.options, agent.n_envs, cfg.seed, agent.vec_env, agent.env_workers
+    )
     folder = run_dir / checkpoint.FOLDER
     if resume:
         model, state = checkpoint.load_checkpoint(
@@ -132,7 +134,7 @@ def _run(
             f"{algo}: {train_stats['timesteps']} env steps of training in "
             f"{train_stats['wall_time_s']:.0f} s; tuning and comparison on "
             f"{len(comparison.episodes[algo])} {comparison.split} episodes in "
-            f"{train_stats['eval_time_s']:.0f} s"
+            f"{train_stats['eval_time_s']:.0f} s; {time.perf_counter() - start:.0f} s in all"
         )
         steps_per_action = cfg.env.steps_per_action()
         train_stats["run_time_s"] = time.perf_counter() - start

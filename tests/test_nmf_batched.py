@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from conftest import SMALL_NMF, tiny_config
 
-from lrrl.agents.vec import BatchedVecEnv, make_training_vec_env, resolve_vec_env
+from lrrl.agents.vec import (
+    BatchedVecEnv,
+    ShardedVecEnv,
+    make_training_vec_env,
+    resolve_vec_env,
+)
 from lrrl.cli import ConfigError
 from lrrl.envs.nmf_batched import BatchedNMFEnv, make_batched
 from lrrl.pipeline import run_experiment, validate
@@ -236,6 +241,8 @@ def test_vec_env_is_validated():
         validate(tiny_config("agent.vec_env=threads"))
     assert "\n" not in str(err.value)
     validate(tiny_config("agent.vec_env=batched"))  # accepted for NMF
+    with pytest.raises(ConfigError, match="agent.env_workers"):
+        validate(tiny_config("agent.env_workers=0"))
     with pytest.raises(ValueError, match="only .*lrrl/NMF-v0"):
         make_training_vec_env("lrrl/DNN-v0", {}, 2, 0, "batched")
 
@@ -267,3 +274,52 @@ def test_batched_env_on_cuda_matches_the_cpu_one():
         (o_cpu, r_cpu, *_), (o_gpu, r_gpu, *_) = (env.step(a) for env in envs)
         np.testing.assert_allclose(o_cpu, o_gpu, rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(r_cpu, r_gpu, rtol=1e-6, atol=1e-9)
+
+
+def test_sharded_env_steps_as_one_batched_env():
+    """Sub-envs split across worker processes see the episodes of one batched env."""
+    kwargs = {**MIXED, "dtype": "float64"}
+    one = make_training_vec_env("lrrl/NMF-v0", kwargs, 5, seed=3, kind="batched")
+    sharded = make_training_vec_env("lrrl/NMF-v0", kwargs, 5, seed=3, kind="batched", workers=2)
+    assert isinstance(sharded, ShardedVecEnv) and sharded.num_envs == 5
+    try:
+        np.testing.assert_allclose(sharded.reset(), one.reset(), atol=1e-9)
+        assert [i["instance"] for i in sharded.reset_infos] == [
+            i["instance"] for i in one.reset_infos
+        ]
+        rng = np.random.default_rng(1)
+        ended = 0
+        for _ in range(2 * SMALL_NMF["horizon"] + 1):
+            a = rng.uniform(-1, 1, (5, 1)).astype(np.float32)
+            o1, r1, d1, i1 = one.step(a)
+            o2, r2, d2, i2 = sharded.step(a)
+            np.testing.assert_allclose(o2, o1, atol=1e-9)
+            np.testing.assert_allclose(r2, r1, rtol=1e-9, atol=1e-12)
+            assert d2.tolist() == d1.tolist()
+            for x, y in zip(i2, i1, strict=True):
+                assert x["instance"] == y["instance"] and x["loss"] == pytest.approx(y["loss"])
+                assert ("episode" in x) == ("episode" in y)
+                ended += "episode" in x
+        assert ended >= 5
+        # each sub-env's own generator, by global index (what checkpoints save and restore)
+        gens = sharded.get_attr("np_random")
+        assert len(gens) == 5 and len({id(g) for g in gens}) == 5
+        sharded.set_attr("np_random", np.random.default_rng(7), indices=[3])
+        assert sharded.get_attr("np_random", indices=[3])[0].integers(1 << 30) == (
+            np.random.default_rng(7).integers(1 << 30)
+        )
+        assert [c["rank"] for c in sharded.env_method("config")] == [SMALL_NMF["rank"]] * 5
+        with pytest.raises(AttributeError, match="no_such_method"):
+            sharded.env_method("no_such_method")
+        # every worker's answer was read: the next call gets its own answers
+        assert len(sharded.env_method("config")) == 5
+        sharded.step(np.zeros((5, 1), np.float32))
+    finally:
+        sharded.close()
+        one.close()
+
+
+def test_sharded_env_raises_a_worker_error_in_the_parent():
+    with pytest.raises(ValueError, match="rank") as err:
+        ShardedVecEnv({**SMALL_NMF, "rank": 0}, 4, 2)
+    assert "\n" not in str(err.value)
