@@ -284,3 +284,19 @@ def test_evaluate_compares_several_agents(tiny_run, tmp_path):
     subject = metrics["subject"]
     other_agent = next(a for a in agents if a != subject)
     assert "ratio" in metrics["schedulers"][other_agent]["vs_subject"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "n_envs", "n_steps"),
+    [
+        (["env=nmf"], 64, 16),  # conf/agent/for_env/ppo_nmf.yaml
+        (["env=dnn"], 16, 64),  # PPO's generic rollout
+        (["env=dnn_long"], 16, 64),
+        (["env=nmf", "agent.n_envs=16", "agent.hyperparams.n_steps=64"], 16, 64),
+        (["env=nmf", "agent=a2c"], 16, 8),
+    ],
+)
+def test_ppo_takes_its_rollout_shape_from_the_env(overrides, n_envs, n_steps):
+    agent = compose(*overrides)["agent"]
+    assert (agent["n_envs"], agent["hyperparams"]["n_steps"]) == (n_envs, n_steps)
+    assert agent["env_workers"] == 2
