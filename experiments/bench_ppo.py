@@ -2,8 +2,9 @@
 
 Trains stable-baselines3 PPO on ``lrrl/NMF-v0`` with the training pipeline's env builder
 (:func:`lrrl.agents.vec.make_training_vec_env`) for ``dummy``, ``subproc`` and ``batched``
-at a few ``n_envs``, with the default agent hyperparameters (``n_steps`` scaled so one
-rollout holds 512 transitions).
+(in the training process, and split across two env worker processes: ``agent.env_workers=2``,
+the default) at a few ``n_envs``, with the default agent hyperparameters (``n_steps`` scaled
+so one rollout holds 512 transitions).
 
     python experiments/bench_ppo.py [--quick] [--device cuda]
 """
@@ -21,9 +22,15 @@ from lrrl.agents.vec import make_training_vec_env
 
 
 def throughput(
-    kind: str, n_envs: int, env_kwargs: dict, timesteps: int, device: str, compile_: bool = False
+    kind: str,
+    n_envs: int,
+    env_kwargs: dict,
+    timesteps: int,
+    device: str,
+    compile_: bool = False,
+    workers: int = 1,
 ) -> float:
-    venv = make_training_vec_env("lrrl/NMF-v0", env_kwargs, n_envs, seed=0, kind=kind)
+    venv = make_training_vec_env("lrrl/NMF-v0", env_kwargs, n_envs, 0, kind, workers)
     model = PPO(
         "MlpPolicy",
         venv,
@@ -63,29 +70,34 @@ def main() -> None:
     timesteps = 2048 if args.quick else 8192
     print(f"device={args.device} (policy and env) threads={args.threads} timesteps={timesteps}")
     print(
-        f"{'problem':>24} {'n_envs':>6} {'dummy':>8} {'subproc':>8} {'batched':>8} {'+compile':>8}"
+        f"{'problem':>24} {'n_envs':>6} {'dummy':>8} {'subproc':>8} {'batched':>8}"
+        f" {'+compile':>8} {'batched2':>8}"
     )
     for name, problem in problems.items():
         env_kwargs = dict(problem, device=args.device)
         for n_envs in n_envs_list:
             cells = []
-            for kind in ("dummy", "subproc", "batched", "compiled"):
+            for kind in ("dummy", "subproc", "batched", "compiled", "workers"):
                 # subproc: one process per env, not on a few cores; dummy: slow at 256
                 if (kind == "subproc" and n_envs > 16) or (kind == "dummy" and n_envs > 64):
                     cells.append(f"{'-':>8}")
                     continue
                 compiled = kind == "compiled"
                 rate = throughput(
-                    "batched" if compiled else kind,
+                    "batched" if kind in ("compiled", "workers") else kind,
                     n_envs,
                     env_kwargs,
                     timesteps,
                     args.device,
                     compiled,
+                    workers=2 if kind == "workers" else 1,
                 )
                 cells.append(f"{rate:8.0f}")
             print(f"{name:>24} {n_envs:6d} " + " ".join(cells), flush=True)
-    print("(env steps per second of PPO.learn, rollouts and updates; higher is better)")
+    print(
+        "(env steps per second of PPO.learn, rollouts and updates; higher is better;"
+        " batched2: the batched env in two worker processes)"
+    )
 
 
 if __name__ == "__main__":

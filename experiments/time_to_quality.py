@@ -6,11 +6,15 @@ baselines are the same for every run: pass ``--shared DIR``, an evaluation of th
 episodes, to draw the best tuned baseline as a line) and reports, per setting and budget,
 the mean test ``log(loss_T/loss_0)`` over seeds, PPO's wall time and its env steps per second.
 
-    python experiments/time_to_quality.py --jobs 2 --out outputs/ttq [--shared DIR] [--quick]
+    python experiments/time_to_quality.py --out outputs/ttq [--shared DIR] [--quick]
 
 Settings (``--settings``, Hydra overrides per name in :data:`SETTINGS`): ``default`` is the
-shipped config; ``wide`` steps 64 sub-envs of the batched env with 16 steps each per update
-(the same 1,024 transitions per update, a quarter of the Python hops per env step). Writes
+shipped config (for NMF: 64 sub-envs with 16 steps each per update, in two env worker
+processes); ``narrow`` steps 16 sub-envs with 64 steps each (the same 1,024 transitions per
+update, four times the Python hops per env step; PPO's generic default); ``one_process`` is
+``narrow`` with the env in the training process (``agent.env_workers=1``): the NMF default
+before env workers and the wide rollout. A default run uses two processes, so ``--jobs 1``
+gives seconds that compare on a 2-core machine. Writes
 ``time_to_quality.json`` and ``time_to_quality.png`` into ``--out``.
 """
 
@@ -30,9 +34,11 @@ from report import read_shared
 
 from lrrl import stats
 
+NARROW = ["agent.n_envs=16", "agent.hyperparams.n_steps=64"]
 SETTINGS: dict[str, list[str]] = {
     "default": [],
-    "wide": ["agent.n_envs=64", "agent.hyperparams.n_steps=16"],
+    "narrow": NARROW,
+    "one_process": [*NARROW, "agent.env_workers=1"],
 }
 
 
@@ -93,7 +99,7 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--budgets", nargs="+", type=int, default=[20_000, 60_000])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one core each)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--shared", type=Path, help="an evaluation dir of the same test suite")
     parser.add_argument("--quick", action="store_true", help="debug=smoke runs")
     args = parser.parse_args()
@@ -103,7 +109,7 @@ def main() -> None:
         rows = list(pool.map(lambda x: train(args.out, *x, args.quick), grid))
     reference = best_shared(args.shared) if args.shared else None
 
-    print(f"{'setting':>8} {'budget':>7} {'objective':>18} {'PPO s':>7} {'steps/s':>8}")
+    print(f"{'setting':>11} {'budget':>7} {'objective':>18} {'PPO s':>7} {'steps/s':>8}")
     table = []
     for setting in args.settings:
         for budget in args.budgets:
@@ -112,7 +118,7 @@ def main() -> None:
             secs = float(np.mean([r["train_s"] for r in runs]))
             rate = float(np.mean([r["steps_per_s"] for r in runs]))
             spread = f"{obj.mean():.3f} ± {obj.std():.3f}"
-            print(f"{setting:>8} {budget:7d} {spread:>18} {secs:7.1f} {rate:8.0f}")
+            print(f"{setting:>11} {budget:7d} {spread:>18} {secs:7.1f} {rate:8.0f}")
             table.append(
                 {
                     "setting": setting,
