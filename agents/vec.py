@@ -112,7 +112,29 @@ def batched_vec_env(env_kwargs: dict[str, Any], n_envs: int) -> BatchedVecEnv:
     return BatchedVecEnv(BatchedNMFEnv(num_envs=n_envs, autoreset_mode="SameStep", **env_kwargs))
 
 
-class BatchedVecEnv(VecEnv):
+class _SharedVecEnv(VecEnv):
+    """What the batched vector envs share: attributes common to every sub-env, no rendering,
+    and Monitor's episode statistics reported by the env itself."""
+
+    def _check_all(self, indices: VecEnvIndices) -> None:
+        if indices is not None and len(list(self._get_indices(indices))) != self.num_envs:
+            raise ValueError(
+                f"indices={indices!r} is invalid: the batched env shares its attributes, "
+                "so set_attr applies to all sub-envs (indices=None)"
+            )
+
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
+        from stable_baselines3.common.monitor import Monitor
+
+        return [wrapper_class is Monitor for _ in self._get_indices(indices)]
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [None for _ in range(self.num_envs)]
+
+
+class BatchedVecEnv(_SharedVecEnv):
     """An SB3 ``VecEnv`` over a gymnasium vector env that autoresets in the same step.
 
     Translates gymnasium's vector conventions to SB3's: per-env info dicts, ``dones``,
@@ -191,11 +213,7 @@ class BatchedVecEnv(VecEnv):
             for i in self._get_indices(indices):
                 self.env.np_randoms[i] = value
             return
-        if indices is not None and len(list(self._get_indices(indices))) != self.num_envs:
-            raise ValueError(
-                f"indices={indices!r} is invalid: the batched env shares its attributes, "
-                "so set_attr applies to all sub-envs (indices=None)"
-            )
+        self._check_all(indices)
         setattr(self.env, attr_name, value)
 
     def env_method(
@@ -208,19 +226,8 @@ class BatchedVecEnv(VecEnv):
         result = getattr(self.env, method_name)(*method_args, **method_kwargs)
         return [result for _ in self._get_indices(indices)]
 
-    def env_is_wrapped(
-        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
-    ) -> list[bool]:
-        # Monitor's episode statistics are reported by this adapter itself.
-        from stable_baselines3.common.monitor import Monitor
 
-        return [wrapper_class is Monitor for _ in self._get_indices(indices)]
-
-    def get_images(self) -> Sequence[np.ndarray | None]:
-        return [None for _ in range(self.num_envs)]
-
-
-class ShardedVecEnv(VecEnv):
+class ShardedVecEnv(_SharedVecEnv):
     """The batched training env split into ``workers`` shards, each in its own process.
 
     Shard ``k`` is a :class:`BatchedVecEnv` of a contiguous block of sub-envs; sub-env ``i``
@@ -337,11 +344,7 @@ class ShardedVecEnv(VecEnv):
             for k, j in self._locate(indices):
                 self._call_one(k, "set_attr", attr_name, value, [j])
             return
-        if indices is not None and len(list(self._get_indices(indices))) != self.num_envs:
-            raise ValueError(
-                f"indices={indices!r} is invalid: the batched env shares its attributes, "
-                "so set_attr applies to all sub-envs (indices=None)"
-            )
+        self._check_all(indices)
         self._call_all("set_attr", [(attr_name, value, None)] * len(self._pipes))
 
     def env_method(
@@ -356,16 +359,6 @@ class ShardedVecEnv(VecEnv):
         )
         every = [value for shard in results for value in shard]
         return [every[i] for i in self._get_indices(indices)]
-
-    def env_is_wrapped(
-        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
-    ) -> list[bool]:
-        from stable_baselines3.common.monitor import Monitor
-
-        return [wrapper_class is Monitor for _ in self._get_indices(indices)]
-
-    def get_images(self) -> Sequence[np.ndarray | None]:
-        return [None for _ in range(self.num_envs)]
 
 
 def _worker_context() -> Any:
