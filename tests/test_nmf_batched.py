@@ -207,30 +207,44 @@ def test_bad_input_one_line_errors(kwargs, key):
         venv.step(np.zeros((3, 1), np.float32))
 
 
+def step_alike(a, b, n_envs, steps, atol, rtol, reward_atol):
+    """Step SB3 vec envs ``a`` and ``b`` with the same random actions and assert they agree:
+    observations, rewards, dones and each sub-env's infos (instance, loss, episode ends with
+    their statistics and terminal observations). Returns the number of episodes that ended."""
+    rng = np.random.default_rng(0)
+    ended = 0
+    for _ in range(steps):
+        act = rng.uniform(-1, 1, (n_envs, 1)).astype(np.float32)
+        oa, ra, da, ia = a.step(act)
+        ob, rb, db, ib = b.step(act)
+        np.testing.assert_allclose(oa, ob, atol=atol)
+        np.testing.assert_allclose(ra, rb, rtol=rtol, atol=reward_atol)
+        assert da.tolist() == db.tolist()
+        for x, y in zip(ia, ib, strict=True):
+            assert x["instance"] == y["instance"]
+            assert x["TimeLimit.truncated"] == y["TimeLimit.truncated"]
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-6)
+            assert ("terminal_observation" in x) == ("terminal_observation" in y)
+            assert ("episode" in x) == ("episode" in y)
+            if "episode" in y:
+                ended += 1
+                assert x["episode"]["r"] == pytest.approx(y["episode"]["r"], rel=1e-4)
+                assert x["episode"]["l"] == y["episode"]["l"]
+                np.testing.assert_allclose(
+                    x["terminal_observation"], y["terminal_observation"], atol=atol
+                )
+    return ended
+
+
 def test_sb3_adapter_matches_dummy_vec_env():
     kwargs = {**MIXED, "dtype": "float64"}
     batched = make_training_vec_env("lrrl/NMF-v0", kwargs, 3, seed=5, kind="batched")
     dummy = make_training_vec_env("lrrl/NMF-v0", kwargs, 3, seed=5, kind="dummy")
     assert isinstance(batched, BatchedVecEnv)
     np.testing.assert_allclose(batched.reset(), dummy.reset(), atol=1e-6)
-    rng = np.random.default_rng(0)
-    for _ in range(2 * SMALL_NMF["horizon"] + 1):
-        a = rng.uniform(-1, 1, (3, 1)).astype(np.float32)
-        ob, rb, db, ib = batched.step(a)
-        od, rd, dd, id_ = dummy.step(a)
-        np.testing.assert_allclose(ob, od, atol=1e-5)
-        np.testing.assert_allclose(rb, rd, rtol=1e-5, atol=1e-7)
-        assert db.tolist() == dd.tolist()
-        for x, y in zip(ib, id_, strict=True):
-            assert x["TimeLimit.truncated"] == y["TimeLimit.truncated"]
-            assert x["loss"] == pytest.approx(y["loss"], rel=1e-6)
-            assert ("terminal_observation" in x) == ("terminal_observation" in y)
-            if "episode" in y:
-                assert x["episode"]["r"] == pytest.approx(y["episode"]["r"], rel=1e-4)
-                assert x["episode"]["l"] == y["episode"]["l"]
-                np.testing.assert_allclose(
-                    x["terminal_observation"], y["terminal_observation"], atol=1e-5
-                )
+    step_alike(
+        batched, dummy, 3, 2 * SMALL_NMF["horizon"] + 1, atol=1e-5, rtol=1e-5, reward_atol=1e-7
+    )
     assert batched.env_method("config")[0]["rank"] == SMALL_NMF["rank"]
     batched.close()
     dummy.close()
@@ -287,19 +301,8 @@ def test_sharded_env_steps_as_one_batched_env():
         assert [i["instance"] for i in sharded.reset_infos] == [
             i["instance"] for i in one.reset_infos
         ]
-        rng = np.random.default_rng(1)
-        ended = 0
-        for _ in range(2 * SMALL_NMF["horizon"] + 1):
-            a = rng.uniform(-1, 1, (5, 1)).astype(np.float32)
-            o1, r1, d1, i1 = one.step(a)
-            o2, r2, d2, i2 = sharded.step(a)
-            np.testing.assert_allclose(o2, o1, atol=1e-9)
-            np.testing.assert_allclose(r2, r1, rtol=1e-9, atol=1e-12)
-            assert d2.tolist() == d1.tolist()
-            for x, y in zip(i2, i1, strict=True):
-                assert x["instance"] == y["instance"] and x["loss"] == pytest.approx(y["loss"])
-                assert ("episode" in x) == ("episode" in y)
-                ended += "episode" in x
+        steps = 2 * SMALL_NMF["horizon"] + 1
+        ended = step_alike(sharded, one, 5, steps, atol=1e-9, rtol=1e-9, reward_atol=1e-12)
         assert ended >= 5
         # each sub-env's own generator, by global index (what checkpoints save and restore)
         gens = sharded.get_attr("np_random")
