@@ -128,16 +128,16 @@ def _run(
             show_progress=cfg.progress_bar,
         )
         train_stats["eval_time_s"] = time.perf_counter() - eval_start
+        train_stats["run_time_s"] = time.perf_counter() - start
         out = report.output_console()
         out.print(report.table(comparison.summaries, comparison.details, comparison.split, algo))
         out.print(
             f"{algo}: {train_stats['timesteps']} env steps of training in "
             f"{train_stats['wall_time_s']:.0f} s; tuning and comparison on "
             f"{len(comparison.episodes[algo])} {comparison.split} episodes in "
-            f"{train_stats['eval_time_s']:.0f} s; {time.perf_counter() - start:.0f} s in all"
+            f"{train_stats['eval_time_s']:.0f} s; {train_stats['run_time_s']:.0f} s in all"
         )
         steps_per_action = cfg.env.steps_per_action()
-        train_stats["run_time_s"] = time.perf_counter() - start
         metrics = write_outputs(
             run_dir,
             comparison,
